@@ -1,0 +1,1 @@
+//! Handyman core.

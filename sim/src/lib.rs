@@ -1,0 +1,1 @@
+//! The Handyman deterministic simulator.
