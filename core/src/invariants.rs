@@ -1,0 +1,220 @@
+//! The invariants of DESIGN.md, checked against the core's own state by recounting from
+//! the tasks (not by trusting the counters the scheduler keeps).
+
+use serde::{Deserialize, Serialize};
+
+use crate::scheduler::{idx, Core};
+use crate::types::TaskState;
+use crate::TaskId;
+
+/// A broken invariant: its number in DESIGN.md and what was seen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    pub invariant: u8,
+    pub task: Option<TaskId>,
+    pub message: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invariant {}: {}", self.invariant, self.message)
+    }
+}
+
+impl Core {
+    /// Checks invariants 1–5 in O(tasks). Call it after the driver has handed out
+    /// assignments for every free slot: invariant 5 (work-conserving) holds only then.
+    pub fn check_invariants(&self) -> Vec<Violation> {
+        let mut out = Vec::new();
+        let mut v = |invariant: u8, task: Option<TaskId>, message: String| {
+            out.push(Violation {
+                invariant,
+                task,
+                message,
+            })
+        };
+        for e in &self.internal_errors {
+            v(1, None, format!("internal: {e}"));
+        }
+        let mut counts = crate::types::StateCounts::default();
+        let mut group_running = vec![0u32; self.groups.len()];
+        let mut pool_running = vec![0u32; self.pools.len()];
+        let mut lane_queued = vec![0u32; self.lanes.len()];
+        for (i, t) in self.tasks.iter().enumerate() {
+            let id = i as TaskId + 1;
+            *counts.slot(t.state) += 1;
+            // 1. exactly one state, with the structures that state implies
+            let in_queue = self.lanes[t.lane as usize]
+                .buckets
+                .iter()
+                .any(|b| t.ready_since.is_some_and(|r| b.tasks.contains(&(r, id))));
+            if (t.state == TaskState::Queued) != in_queue {
+                v(
+                    1,
+                    Some(id),
+                    format!("task {id} is {} but in_queue={in_queue}", t.state),
+                );
+            }
+            if t.state == TaskState::Queued {
+                lane_queued[t.lane as usize] += 1;
+            }
+            if (t.state == TaskState::Running) != t.running.is_some() {
+                v(
+                    1,
+                    Some(id),
+                    format!(
+                        "task {id} is {} with running={}",
+                        t.state,
+                        t.running.is_some()
+                    ),
+                );
+            }
+            let retry_timer = t.retry_due.is_some_and(|d| self.retries.contains(&(d, id)));
+            if (t.state == TaskState::Retrying) != retry_timer {
+                v(
+                    1,
+                    Some(id),
+                    format!("task {id} is {} with retry timer={retry_timer}", t.state),
+                );
+            }
+            if t.state.is_terminal() != t.finished_at.is_some() {
+                v(
+                    1,
+                    Some(id),
+                    format!(
+                        "task {id} is {} with finished_at={:?}",
+                        t.state, t.finished_at
+                    ),
+                );
+            }
+            if let Some(r) = &t.running {
+                group_running[t.group as usize] += 1;
+                pool_running[t.pool as usize] += 1;
+                let timer = match r.interrupt {
+                    Some((_, since)) => since + self.config.interrupt_grace_ms,
+                    None => r.deadline,
+                };
+                if !self.deadlines.contains(&(timer, id)) {
+                    v(
+                        9,
+                        Some(id),
+                        format!("running task {id} has no deadline timer at {timer}"),
+                    );
+                }
+            }
+            // 3. dependencies before start
+            if matches!(
+                t.state,
+                TaskState::Queued | TaskState::Running | TaskState::Succeeded
+            ) {
+                for &d in t.deps.iter() {
+                    let ds = self.tasks[idx(d)].state;
+                    if ds != TaskState::Succeeded {
+                        v(
+                            3,
+                            Some(id),
+                            format!("task {id} is {} but its dependency {d} is {ds}", t.state),
+                        );
+                    }
+                }
+            }
+            // 4. attempts bounded
+            if t.failures > t.max_retries + 1 {
+                v(
+                    4,
+                    Some(id),
+                    format!(
+                        "task {id} failed {} attempts with max_retries {}",
+                        t.failures, t.max_retries
+                    ),
+                );
+            }
+        }
+        if counts != self.counts {
+            v(
+                1,
+                None,
+                format!(
+                    "state counts {:?} differ from recount {counts:?}",
+                    self.counts
+                ),
+            );
+        }
+        // 2. caps and slots
+        for (g, group) in self.groups.iter().enumerate() {
+            if group_running[g] != group.running {
+                v(
+                    2,
+                    None,
+                    format!(
+                        "group {} counts {} running, recount {}",
+                        group.name, group.running, group_running[g]
+                    ),
+                );
+            }
+            if group_running[g] > group.config.cap && group.over_cap_assignment {
+                v(
+                    2,
+                    None,
+                    format!(
+                        "group {} runs {} attempts, over its cap {}",
+                        group.name, group_running[g], group.config.cap
+                    ),
+                );
+            }
+        }
+        for (p, pool) in self.pools.iter().enumerate() {
+            if pool_running[p] != pool.running {
+                v(
+                    2,
+                    None,
+                    format!(
+                        "pool {} counts {} running, recount {}",
+                        pool.name, pool.running, pool_running[p]
+                    ),
+                );
+            }
+            if pool_running[p] > pool.slots && pool.over_slots_assignment {
+                v(
+                    2,
+                    None,
+                    format!(
+                        "pool {} runs {} attempts with {} slots",
+                        pool.name, pool_running[p], pool.slots
+                    ),
+                );
+            }
+        }
+        for (l, lane) in self.lanes.iter().enumerate() {
+            if lane_queued[l] != lane.queued {
+                v(
+                    1,
+                    None,
+                    format!(
+                        "lane {l} counts {} queued, recount {}",
+                        lane.queued, lane_queued[l]
+                    ),
+                );
+            }
+        }
+        // 5. work-conserving: a free slot and an eligible task never coexist
+        for t in self.tasks.iter().filter(|t| t.state == TaskState::Queued) {
+            let pool = &self.pools[t.pool as usize];
+            let group = &self.groups[t.group as usize];
+            if pool_running[t.pool as usize] < pool.slots
+                && group_running[t.group as usize] < group.config.cap
+            {
+                v(
+                    5,
+                    None,
+                    format!(
+                        "pool {} has a free slot while a task of group {} waits",
+                        pool.name, group.name
+                    ),
+                );
+                break;
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,182 @@
+//! The dispatch index: queued tasks grouped so that a decision costs
+//! O(buckets-in-a-lane + log n), never a scan of the queue.
+//!
+//! - A **lane** is the queued work of one group in one pool.
+//! - Inside a lane, a **bucket** holds the tasks that share an ageing class and a base
+//!   priority, ordered by the time they became ready. Inside a bucket the oldest task is
+//!   always the most aged, so a bucket's head is its best task and the order is static.
+//! - Each pool keeps its lanes in a `BTreeSet` ordered by [`LaneKey`]: level (the best head's
+//!   aged score, with the policy's group bonus), then usage per weight (fair share), then the
+//!   head's age. A lane's level only changes at a time the index computes in advance from the
+//!   inverse of the ageing function, so lanes are re-keyed lazily when such a time has passed
+//!   ("level timers") and never rescanned.
+
+use std::collections::BTreeSet;
+
+use crate::ageing::Ageing;
+use crate::{Millis, TaskId};
+
+pub(crate) type PoolIdx = u32;
+pub(crate) type GroupIdx = u32;
+pub(crate) type LaneIdx = u32;
+
+/// Order of lanes in a pool's index: smaller is served first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct LaneKey {
+    /// Negated level, so that higher levels sort first.
+    pub neg_level: i64,
+    /// Usage per weight as order-preserving bits (0 when the policy ignores fair share).
+    pub share: u64,
+    pub head_ready_since: Millis,
+    pub head_id: TaskId,
+    pub lane: LaneIdx,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Bucket {
+    pub ageing: Ageing,
+    pub priority: i32,
+    pub base_score: f64,
+    pub tasks: BTreeSet<(Millis, TaskId)>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Lane {
+    pub pool: PoolIdx,
+    pub group: GroupIdx,
+    pub buckets: Vec<Bucket>,
+    pub queued: u32,
+    /// Attempts of this group running in this pool.
+    pub running: u32,
+    /// The key under which the lane sits in its pool's index, if it does.
+    pub key: Option<LaneKey>,
+    /// When the lane's level next changes, if it sits in the index and ages.
+    pub level_timer: Option<Millis>,
+}
+
+/// The best task of a lane at some time.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Head {
+    pub score: f64,
+    pub ready_since: Millis,
+    pub id: TaskId,
+}
+
+impl Lane {
+    pub fn new(pool: PoolIdx, group: GroupIdx) -> Self {
+        Lane {
+            pool,
+            group,
+            buckets: Vec::new(),
+            queued: 0,
+            running: 0,
+            key: None,
+            level_timer: None,
+        }
+    }
+
+    pub fn contends(&self) -> bool {
+        self.queued > 0 || self.running > 0
+    }
+
+    pub fn bucket_for(&mut self, ageing: Ageing, priority: i32, base_score: f64) -> usize {
+        let class = ageing.class_key();
+        if let Some(i) = self
+            .buckets
+            .iter()
+            .position(|b| b.priority == priority && b.ageing.class_key() == class)
+        {
+            return i;
+        }
+        self.buckets.push(Bucket {
+            ageing,
+            priority,
+            base_score,
+            tasks: BTreeSet::new(),
+        });
+        self.buckets.len() - 1
+    }
+
+    pub fn insert(
+        &mut self,
+        ageing: Ageing,
+        priority: i32,
+        base_score: f64,
+        ready_since: Millis,
+        id: TaskId,
+    ) {
+        let b = self.bucket_for(ageing, priority, base_score);
+        if self.buckets[b].tasks.insert((ready_since, id)) {
+            self.queued += 1;
+        }
+    }
+
+    pub fn remove(
+        &mut self,
+        ageing: Ageing,
+        priority: i32,
+        ready_since: Millis,
+        id: TaskId,
+    ) -> bool {
+        let class = ageing.class_key();
+        for bucket in &mut self.buckets {
+            if bucket.priority == priority
+                && bucket.ageing.class_key() == class
+                && bucket.tasks.remove(&(ready_since, id))
+            {
+                self.queued -= 1;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The best task at `now`: highest score, then oldest, then lowest id.
+    pub fn head(&self, now: Millis) -> Option<Head> {
+        let mut best: Option<Head> = None;
+        for bucket in &self.buckets {
+            let Some(&(ready_since, id)) = bucket.tasks.first() else {
+                continue;
+            };
+            let score = bucket.base_score + bucket.ageing.boost(now.saturating_sub(ready_since));
+            let better = match best {
+                None => true,
+                Some(b) => {
+                    score > b.score
+                        || (score == b.score && (ready_since, id) < (b.ready_since, b.id))
+                }
+            };
+            if better {
+                best = Some(Head {
+                    score,
+                    ready_since,
+                    id,
+                });
+            }
+        }
+        best
+    }
+
+    /// The earliest time after `now` at which some bucket head's score reaches
+    /// `threshold - bonus`, i.e. at which the lane's level may rise.
+    pub fn next_level_change(&self, now: Millis, next_level_score: f64) -> Option<Millis> {
+        let mut earliest: Option<Millis> = None;
+        for bucket in &self.buckets {
+            let Some(&(ready_since, _)) = bucket.tasks.first() else {
+                continue;
+            };
+            let needed = next_level_score - bucket.base_score;
+            if let Some(wait) = bucket.ageing.wait_to_reach(needed) {
+                let at = ready_since.saturating_add(wait).max(now + 1);
+                earliest = Some(earliest.map_or(at, |e: Millis| e.min(at)));
+            }
+        }
+        earliest
+    }
+}
+
+/// Maps a non-negative finite f64 to bits that sort like the number.
+pub(crate) fn order_bits(x: f64) -> u64 {
+    let x = if x.is_nan() { f64::MAX } else { x.max(0.0) };
+    x.to_bits()
+}

@@ -1,0 +1,1762 @@
+//! The scheduler: commands decide, events record, `apply` changes state.
+//!
+//! Every public input first advances time to its `now` (firing due timeouts and retries),
+//! then decides, emitting events through [`Core::emit`], which journals each event and applies
+//! it. `apply` is the only code that mutates the task state, and replay runs nothing else:
+//! that is why a replayed core equals the core that wrote the journal.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::ageing::Ageing;
+use crate::journal::{AttemptOutcome, Event, EventKind, InterruptReason};
+use crate::policy::Policy;
+use crate::queue::{order_bits, GroupIdx, Lane, LaneIdx, LaneKey, PoolIdx};
+use crate::spec::{Backoff, DepRef, GroupConfig, TaskSpec, TimeoutMode};
+use crate::types::*;
+use crate::{Millis, TaskId};
+
+/// Follow-up specs are validated with their parent; this bounds their nesting.
+const MAX_FOLLOW_UP_DEPTH: usize = 8;
+/// Decayed usage is stored multiplied by `2^((t - base) / half_life)`; past this exponent the
+/// stored values are rescaled so that they never overflow.
+const MAX_SHARE_EXPONENT: f64 = 256.0;
+
+#[derive(Debug, Clone)]
+pub(crate) struct RunningAttempt {
+    pub assigned_at: Millis,
+    pub started_at: Option<Millis>,
+    pub deadline: Millis,
+    pub interrupt: Option<(InterruptReason, Millis)>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Task {
+    pub kind: Arc<str>,
+    pub pool: PoolIdx,
+    pub group: GroupIdx,
+    pub lane: LaneIdx,
+    pub priority: i32,
+    /// The ageing the policy applies (not necessarily the one the spec asked for).
+    pub ageing: Ageing,
+    pub base_score: f64,
+    pub state: TaskState,
+    pub attempt: u32,
+    pub failures: u32,
+    pub continues: u32,
+    pub submitted_at: Millis,
+    pub ready_since: Option<Millis>,
+    pub finished_at: Option<Millis>,
+    pub deps: Box<[TaskId]>,
+    pub deps_pending: u32,
+    /// A dependency that failed or was cancelled: this task is doomed.
+    pub failed_dependency: Option<TaskId>,
+    pub dependents: Vec<TaskId>,
+    pub dep_group: Option<Arc<str>>,
+    pub rank: i32,
+    pub max_runtime_ms: Millis,
+    pub on_timeout: TimeoutMode,
+    pub max_retries: u32,
+    pub backoff: Backoff,
+    pub dedup_key: Option<Box<str>>,
+    pub follow_ups: Option<Box<FollowUps>>,
+    pub payload: Arc<[u8]>,
+    pub running: Option<RunningAttempt>,
+    pub retry_due: Option<Millis>,
+    pub cancel_requested: bool,
+    pub reason: Option<Box<str>>,
+    pub parent: Option<TaskId>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FollowUps {
+    pub on_success: Vec<TaskSpec>,
+    pub on_failure: Vec<TaskSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Group {
+    pub name: Arc<str>,
+    pub config: GroupConfig,
+    pub running: u32,
+    pub queued: u32,
+    /// Tasks queued, running or retrying: the group is active while this is above zero.
+    pub active_tasks: u32,
+    /// Decayed run time, stored scaled (see `Core::share_scale`).
+    pub usage: f64,
+    /// Decayed run time as of the group's last charge: a value that depends only on the
+    /// journal, for policies that must not read `now`.
+    pub usage_at_charge: f64,
+    pub lanes: Vec<LaneIdx>,
+    /// An attempt was assigned while the group was at its cap (only with an injected bug).
+    pub over_cap_assignment: bool,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Pool {
+    pub name: Arc<str>,
+    pub slots: u32,
+    pub running: u32,
+    pub queued: u32,
+    pub index: BTreeSet<LaneKey>,
+    /// Sum of the weights of the groups with queued or running work in this pool.
+    pub contending_weight: u64,
+    /// An attempt was assigned while every slot was taken (never, unless a bug is injected).
+    /// Running above `slots` is otherwise legitimate after slots were lowered.
+    pub over_slots_assignment: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DepGroup {
+    /// Unfinished members by rank.
+    pub members: BTreeMap<i32, BTreeSet<TaskId>>,
+}
+
+impl DepGroup {
+    fn top_rank(&self) -> Option<i32> {
+        self.members.keys().next_back().copied()
+    }
+}
+
+/// How an attempt's end counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AttemptEffect {
+    Success,
+    /// Run again at once; not a retry.
+    Continue,
+    /// Counted against `max_retries`.
+    Failure,
+    /// Stopped because the task was cancelled.
+    Cancelled,
+}
+
+pub(crate) fn attempt_effect(
+    outcome: &AttemptOutcome,
+    interrupt: Option<InterruptReason>,
+    on_timeout: TimeoutMode,
+) -> AttemptEffect {
+    match outcome {
+        AttemptOutcome::Success { .. } => AttemptEffect::Success,
+        AttemptOutcome::ContinueLater => AttemptEffect::Continue,
+        AttemptOutcome::Interrupted | AttemptOutcome::Lost { .. } => match interrupt {
+            Some(InterruptReason::Cancel) => AttemptEffect::Cancelled,
+            Some(InterruptReason::Timeout) if on_timeout == TimeoutMode::Continue => {
+                AttemptEffect::Continue
+            }
+            _ => AttemptEffect::Failure,
+        },
+        AttemptOutcome::Transient { .. }
+        | AttemptOutcome::Fatal { .. }
+        | AttemptOutcome::RetryAfter { .. } => AttemptEffect::Failure,
+    }
+}
+
+/// Handyman's scheduler. See the crate documentation.
+#[derive(Debug)]
+pub struct Core {
+    pub(crate) config: CoreConfig,
+    pub(crate) policy: Box<dyn Policy>,
+    pub(crate) tasks: Vec<Task>,
+    pub(crate) next_seq: u64,
+    pub(crate) now: Millis,
+    journal: Vec<Event>,
+    interrupts: Vec<Interrupt>,
+    pub(crate) pools: Vec<Pool>,
+    pool_ids: HashMap<Arc<str>, PoolIdx>,
+    pub(crate) groups: Vec<Group>,
+    group_ids: HashMap<Arc<str>, GroupIdx>,
+    pub(crate) lanes: Vec<Lane>,
+    lane_ids: HashMap<(PoolIdx, GroupIdx), LaneIdx>,
+    kinds: HashMap<Arc<str>, ()>,
+    pub(crate) dedup: HashMap<Box<str>, TaskId>,
+    pub(crate) dep_groups: HashMap<Arc<str>, DepGroup>,
+    /// Running attempts by the time the core acts on them: the deadline, or (once
+    /// interrupted) the end of the grace period.
+    pub(crate) deadlines: BTreeSet<(Millis, TaskId)>,
+    pub(crate) retries: BTreeSet<(Millis, TaskId)>,
+    level_timers: BTreeSet<(Millis, LaneIdx)>,
+    /// Active groups ordered by stored usage, for "an idle group cannot bank credit".
+    active_usage: BTreeSet<(u64, GroupIdx)>,
+    share_base: Millis,
+    pub(crate) counts: StateCounts,
+    /// Events that `apply` refused while the core was deciding: always a bug; reported by
+    /// `check_invariants`.
+    pub(crate) internal_errors: Vec<String>,
+}
+
+impl Core {
+    /// An empty core.
+    pub fn new(config: CoreConfig) -> Core {
+        let policy = config.policy.build();
+        Core {
+            config,
+            policy,
+            tasks: Vec::new(),
+            next_seq: 1,
+            now: 0,
+            journal: Vec::new(),
+            interrupts: Vec::new(),
+            pools: Vec::new(),
+            pool_ids: HashMap::new(),
+            groups: Vec::new(),
+            group_ids: HashMap::new(),
+            lanes: Vec::new(),
+            lane_ids: HashMap::new(),
+            kinds: HashMap::new(),
+            dedup: HashMap::new(),
+            dep_groups: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            retries: BTreeSet::new(),
+            level_timers: BTreeSet::new(),
+            active_usage: BTreeSet::new(),
+            share_base: 0,
+            counts: StateCounts::default(),
+            internal_errors: Vec::new(),
+        }
+    }
+
+    /// Rebuilds a core from its journal. `config` must be the one the journal was written
+    /// with. The result has an empty journal outbox: the events are already stored.
+    pub fn replay<'a>(
+        config: CoreConfig,
+        events: impl IntoIterator<Item = &'a Event>,
+    ) -> Result<Core, ReplayError> {
+        let mut core = Core::new(config);
+        for event in events {
+            core.replay_event(event)?;
+        }
+        Ok(core)
+    }
+
+    /// Applies one stored event, for drivers that stream their journal.
+    pub fn replay_event(&mut self, event: &Event) -> Result<(), ReplayError> {
+        if event.seq != self.next_seq {
+            return Err(ReplayError::Gap {
+                seq: event.seq,
+                expected: self.next_seq,
+            });
+        }
+        self.apply(event)
+            .map_err(|problem| ReplayError::Inconsistent {
+                seq: event.seq,
+                problem,
+            })?;
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    pub fn policy(&self) -> &dyn Policy {
+        self.policy.as_ref()
+    }
+
+    /// The latest `now` seen.
+    pub fn now(&self) -> Millis {
+        self.now
+    }
+
+    /// Sequence number of the latest event (0 before any).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Takes the events produced since the last call, in order.
+    pub fn drain_journal(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.journal)
+    }
+
+    /// Number of events waiting to be drained.
+    pub fn pending_events(&self) -> usize {
+        self.journal.len()
+    }
+
+    /// Takes the interrupt requests produced since the last call.
+    pub fn drain_interrupts(&mut self) -> Vec<Interrupt> {
+        std::mem::take(&mut self.interrupts)
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Inputs
+    // ----------------------------------------------------------------------------------
+
+    /// Sets how many attempts a pool runs at once. Takes effect for the next assignment; a
+    /// pool that shrinks below its running count lets its attempts finish.
+    pub fn set_pool_slots(&mut self, now: Millis, pool: &str, slots: u32) {
+        self.advance(now);
+        self.emit(EventKind::PoolConfigured {
+            pool: pool.to_string(),
+            slots,
+        });
+    }
+
+    /// Sets a group's weight, cap and floor (a weight of 0 is taken as 1).
+    pub fn configure_group(&mut self, now: Millis, group: &str, config: GroupConfig) {
+        self.advance(now);
+        let config = GroupConfig {
+            weight: config.weight.max(1),
+            ..config
+        };
+        self.emit(EventKind::GroupConfigured {
+            group: group.to_string(),
+            config,
+        });
+    }
+
+    /// Accepts one task. See [`Core::submit_batch`].
+    pub fn submit(&mut self, now: Millis, spec: TaskSpec) -> Result<SubmitOutcome, SubmitError> {
+        let mut outcomes = self.submit_batch(now, vec![spec]).map_err(|e| match e {
+            SubmitError::InBatch { error, .. } => *error,
+            other => other,
+        })?;
+        Ok(outcomes.remove(0))
+    }
+
+    /// Accepts several tasks at once, all or none: entries may depend on each other through
+    /// [`DepRef::Batch`] (a pipeline's DAG in one call), and a cycle among them is refused.
+    pub fn submit_batch(
+        &mut self,
+        now: Millis,
+        specs: Vec<TaskSpec>,
+    ) -> Result<Vec<SubmitOutcome>, SubmitError> {
+        self.advance(now);
+        for (index, spec) in specs.iter().enumerate() {
+            self.validate(spec, Some((index, specs.len())), 0)
+                .map_err(|error| SubmitError::InBatch {
+                    index,
+                    error: Box::new(error),
+                })?;
+        }
+        check_batch_cycles(&specs)?;
+
+        // Decide ids first, so that batch references can be resolved to them.
+        let mut outcomes = Vec::with_capacity(specs.len());
+        let mut next_id = self.tasks.len() as TaskId + 1;
+        let mut batch_keys: HashMap<&str, TaskId> = HashMap::new();
+        for spec in &specs {
+            let existing = spec.dedup_key.as_deref().and_then(|key| {
+                self.dedup
+                    .get(key)
+                    .copied()
+                    .or_else(|| batch_keys.get(key).copied())
+            });
+            match existing {
+                Some(id) => outcomes.push(SubmitOutcome::Duplicate(id)),
+                None => {
+                    if let Some(key) = spec.dedup_key.as_deref() {
+                        batch_keys.insert(key, next_id);
+                    }
+                    outcomes.push(SubmitOutcome::Created(next_id));
+                    next_id += 1;
+                }
+            }
+        }
+        let mut created = Vec::new();
+        for (index, mut spec) in specs.into_iter().enumerate() {
+            let SubmitOutcome::Created(id) = outcomes[index] else {
+                continue;
+            };
+            for dep in &mut spec.depends_on {
+                if let DepRef::Batch(i) = *dep {
+                    *dep = DepRef::Task(outcomes[i].id());
+                }
+            }
+            self.emit(EventKind::Submitted {
+                id,
+                spec: Box::new(spec),
+                parent: None,
+            });
+            created.push(id);
+        }
+        for id in created {
+            self.after_submit(id);
+        }
+        Ok(outcomes)
+    }
+
+    /// Cancels a task: at once if it is not running; a running one gets an interrupt request
+    /// and is cancelled when its worker confirms or the grace period ends. Its dependents are
+    /// cancelled with it.
+    pub fn cancel(
+        &mut self,
+        now: Millis,
+        id: TaskId,
+        reason: &str,
+    ) -> Result<CancelOutcome, TaskError> {
+        self.advance(now);
+        let state = self.task_ref(id)?.state;
+        Ok(match state {
+            s if s.is_terminal() => CancelOutcome::AlreadyTerminal(s),
+            TaskState::Running => {
+                let t = &self.tasks[idx(id)];
+                if !t.cancel_requested {
+                    if let Some(r) = &t.running {
+                        let attempt = t.attempt;
+                        let already_interrupted = r.interrupt.is_some();
+                        self.emit(EventKind::InterruptRequested {
+                            id,
+                            attempt,
+                            reason: InterruptReason::Cancel,
+                        });
+                        if !already_interrupted {
+                            self.interrupts.push(Interrupt {
+                                id,
+                                attempt,
+                                reason: InterruptReason::Cancel,
+                            });
+                        }
+                    }
+                }
+                CancelOutcome::Interrupting
+            }
+            _ => {
+                self.finish_task(
+                    id,
+                    EventKind::Cancelled {
+                        id,
+                        reason: reason.to_string(),
+                    },
+                );
+                CancelOutcome::Cancelled
+            }
+        })
+    }
+
+    /// Gives a worker of `pool` the next task, if a slot is free and a task is eligible.
+    pub fn next_assignment(&mut self, now: Millis, pool: &str) -> Option<Assignment> {
+        self.advance(now);
+        let p = *self.pool_ids.get(pool)?;
+        let pool_ref = &self.pools[p as usize];
+        if pool_ref.running >= pool_ref.slots
+            && self.config.injected_bug != Some(InjectedBug::IgnorePoolSlots)
+        {
+            return None;
+        }
+        let lane = self.choose_lane(p)?;
+        let head = self.lanes[lane as usize].head(self.now)?;
+        let id = head.id;
+        let attempt = self.tasks[idx(id)].attempt + 1;
+        self.emit(EventKind::Assigned {
+            id,
+            attempt,
+            pool: pool.to_string(),
+        });
+        let t = &self.tasks[idx(id)];
+        let running = t.running.as_ref()?;
+        Some(Assignment {
+            id,
+            attempt,
+            kind: t.kind.clone(),
+            pool: self.pools[t.pool as usize].name.clone(),
+            group: self.groups[t.group as usize].name.clone(),
+            payload: t.payload.clone(),
+            assigned_at: running.assigned_at,
+            deadline: running.deadline,
+        })
+    }
+
+    /// A worker's report about attempt `attempt` of task `id`. Reports for any attempt but
+    /// the current running one are journaled as stale and ignored (fencing).
+    pub fn report(
+        &mut self,
+        now: Millis,
+        id: TaskId,
+        attempt: u32,
+        report: Report,
+    ) -> Result<ReportOutcome, TaskError> {
+        self.advance(now);
+        let t = self.task_ref(id)?;
+        let current = t.attempt;
+        let live = t.state == TaskState::Running && t.running.is_some() && attempt == current;
+        if !live {
+            self.emit(EventKind::StaleReport {
+                id,
+                attempt,
+                current,
+            });
+            return Ok(ReportOutcome::Stale);
+        }
+        match report {
+            Report::Started => {
+                if self.tasks[idx(id)]
+                    .running
+                    .as_ref()
+                    .is_some_and(|r| r.started_at.is_none())
+                {
+                    self.emit(EventKind::Started { id, attempt });
+                }
+            }
+            Report::Finished(outcome) => self.end_attempt(id, outcome),
+            Report::Lost { why } => self.end_attempt(id, AttemptOutcome::Lost { why }),
+        }
+        Ok(ReportOutcome::Accepted)
+    }
+
+    /// Advances time: fires due timeouts, grace expiries and retries.
+    pub fn tick(&mut self, now: Millis) {
+        self.advance(now);
+    }
+
+    /// The earliest time at which [`Core::tick`] would change anything: a timeout, the end of
+    /// an interrupt's grace period, or a retry's backoff. Ageing needs no wakeup: levels are
+    /// brought up to date at each dispatch.
+    pub fn next_wakeup(&self) -> Option<Millis> {
+        let deadline = self.deadlines.first().map(|(t, _)| *t);
+        let retry = self.retries.first().map(|(t, _)| *t);
+        match (deadline, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Queries
+    // ----------------------------------------------------------------------------------
+
+    pub fn task_count(&self) -> u64 {
+        self.tasks.len() as u64
+    }
+
+    pub fn counts(&self) -> StateCounts {
+        self.counts
+    }
+
+    pub fn state_of(&self, id: TaskId) -> Option<TaskState> {
+        self.tasks.get(idx_checked(id)?).map(|t| t.state)
+    }
+
+    /// The task's aged score under the policy at `now`, while it is queued.
+    pub fn effective_priority(&self, id: TaskId, now: Millis) -> Option<f64> {
+        let t = self.tasks.get(idx_checked(id)?)?;
+        let wait = now.saturating_sub(t.ready_since?);
+        Some(t.base_score + t.ageing.boost(wait))
+    }
+
+    pub fn task(&self, id: TaskId) -> Option<TaskView> {
+        let t = self.tasks.get(idx_checked(id)?)?;
+        Some(TaskView {
+            id,
+            kind: t.kind.to_string(),
+            pool: self.pools[t.pool as usize].name.to_string(),
+            group: self.groups[t.group as usize].name.to_string(),
+            priority: t.priority,
+            state: t.state,
+            attempt: t.attempt,
+            failures: t.failures,
+            continues: t.continues,
+            max_retries: t.max_retries,
+            max_runtime_ms: t.max_runtime_ms,
+            submitted_at: t.submitted_at,
+            ready_since: t.ready_since,
+            finished_at: t.finished_at,
+            depends_on: t.deps.to_vec(),
+            dependency_group: t.dep_group.as_ref().map(|g| g.to_string()),
+            rank: t.rank,
+            dedup_key: t.dedup_key.as_ref().map(|k| k.to_string()),
+            running: t.running.as_ref().map(|r| RunningView {
+                attempt: t.attempt,
+                assigned_at: r.assigned_at,
+                started_at: r.started_at,
+                deadline: r.deadline,
+                interrupt: r.interrupt.map(|(reason, _)| reason),
+            }),
+            retry_due: t.retry_due,
+            reason: t.reason.as_ref().map(|r| r.to_string()),
+            parent: t.parent,
+        })
+    }
+
+    /// Ids of the tasks in `state`, in id order (a scan: for operators and tests).
+    pub fn tasks_in(&self, state: TaskState) -> Vec<TaskId> {
+        self.tasks
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.state == state)
+            .map(|(i, _)| i as TaskId + 1)
+            .collect()
+    }
+
+    /// Attempts currently running, as (task, attempt): after a crash the host reports each
+    /// as lost.
+    pub fn running_attempts(&self) -> Vec<(TaskId, u32)> {
+        self.tasks
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.running.is_some())
+            .map(|(i, t)| (i as TaskId + 1, t.attempt))
+            .collect()
+    }
+
+    /// Groups by name.
+    pub fn groups(&self, now: Millis) -> Vec<GroupView> {
+        let scale = self.share_scale(now.max(self.now));
+        let mut views: Vec<GroupView> = self
+            .groups
+            .iter()
+            .map(|g| GroupView {
+                name: g.name.to_string(),
+                config: g.config,
+                running: g.running,
+                queued: g.queued,
+                usage_ms: g.usage / scale,
+            })
+            .collect();
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        views
+    }
+
+    /// Pools by name.
+    pub fn pools(&self) -> Vec<PoolView> {
+        let mut views: Vec<PoolView> = self
+            .pools
+            .iter()
+            .map(|p| PoolView {
+                name: p.name.to_string(),
+                slots: p.slots,
+                running: p.running,
+                queued: p.queued,
+            })
+            .collect();
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        views
+    }
+
+    /// Slots of `pool` not in use.
+    pub fn free_slots(&self, pool: &str) -> u32 {
+        self.pool_ids
+            .get(pool)
+            .map(|&p| {
+                let p = &self.pools[p as usize];
+                p.slots.saturating_sub(p.running)
+            })
+            .unwrap_or(0)
+    }
+
+    /// Whether `pool` has a queued task that a free slot could take now.
+    pub fn has_eligible_work(&self, pool: &str) -> bool {
+        self.pool_ids
+            .get(pool)
+            .is_some_and(|&p| !self.pools[p as usize].index.is_empty())
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Deciding
+    // ----------------------------------------------------------------------------------
+
+    fn task_ref(&self, id: TaskId) -> Result<&Task, TaskError> {
+        idx_checked(id)
+            .and_then(|i| self.tasks.get(i))
+            .ok_or(TaskError::UnknownTask(id))
+    }
+
+    /// Journals an event and applies it.
+    fn emit(&mut self, kind: EventKind) {
+        let event = Event {
+            seq: self.next_seq,
+            at: self.now,
+            kind,
+        };
+        self.next_seq += 1;
+        if let Err(problem) = self.apply(&event) {
+            debug_assert!(false, "core emitted an event it cannot apply: {problem}");
+            self.internal_errors
+                .push(format!("event {}: {problem}", event.seq));
+        }
+        self.journal.push(event);
+    }
+
+    fn advance(&mut self, now: Millis) {
+        if now > self.now {
+            self.now = now;
+        }
+        let now = self.now;
+        loop {
+            let deadline = self.deadlines.first().copied().filter(|(t, _)| *t <= now);
+            let retry = self.retries.first().copied().filter(|(t, _)| *t <= now);
+            match (deadline, retry) {
+                (Some(d), Some(r)) if r.0 < d.0 => self.fire_retry(r.1),
+                (Some(d), _) => self.fire_deadline(d),
+                (None, Some(r)) => self.fire_retry(r.1),
+                (None, None) => break,
+            }
+        }
+        while let Some(&(t, lane)) = self.level_timers.first() {
+            if t > now {
+                break;
+            }
+            self.level_timers.remove(&(t, lane));
+            self.lanes[lane as usize].level_timer = None;
+            self.refresh_lane(lane);
+        }
+    }
+
+    fn fire_deadline(&mut self, (at, id): (Millis, TaskId)) {
+        let t = &self.tasks[idx(id)];
+        let attempt = t.attempt;
+        match t.running.as_ref().map(|r| r.interrupt) {
+            Some(None) => {
+                self.emit(EventKind::InterruptRequested {
+                    id,
+                    attempt,
+                    reason: InterruptReason::Timeout,
+                });
+                self.interrupts.push(Interrupt {
+                    id,
+                    attempt,
+                    reason: InterruptReason::Timeout,
+                });
+            }
+            Some(Some(_)) => {
+                let why = format!(
+                    "no answer within {} ms of the interrupt request",
+                    self.config.interrupt_grace_ms
+                );
+                self.end_attempt(id, AttemptOutcome::Lost { why });
+            }
+            None => {
+                // A timer with no running attempt behind it would fire forever.
+                self.deadlines.remove(&(at, id));
+                self.internal_errors.push(format!(
+                    "deadline timer for task {id} without a running attempt"
+                ));
+            }
+        }
+    }
+
+    fn fire_retry(&mut self, id: TaskId) {
+        self.emit(EventKind::Requeued { id });
+        self.block_if_outranked(id);
+    }
+
+    /// Ends the current attempt of a running task and decides what becomes of the task.
+    fn end_attempt(&mut self, id: TaskId, outcome: AttemptOutcome) {
+        let t = &self.tasks[idx(id)];
+        let Some(running) = &t.running else { return };
+        let attempt = t.attempt;
+        let ran_ms = self.now.saturating_sub(running.assigned_at);
+        let effect = attempt_effect(&outcome, running.interrupt.map(|(r, _)| r), t.on_timeout);
+        let failure_message = match &outcome {
+            AttemptOutcome::Transient { message } | AttemptOutcome::Fatal { message } => {
+                message.clone()
+            }
+            AttemptOutcome::Lost { why } => format!("attempt lost: {why}"),
+            AttemptOutcome::Interrupted => "interrupted at its max run time".to_string(),
+            AttemptOutcome::RetryAfter { delay_ms } => {
+                format!("handler asked to retry after {delay_ms} ms")
+            }
+            _ => String::new(),
+        };
+        let fatal = matches!(outcome, AttemptOutcome::Fatal { .. });
+        let retry_after = match outcome {
+            AttemptOutcome::RetryAfter { delay_ms } => Some(delay_ms),
+            _ => None,
+        };
+        self.emit(EventKind::AttemptEnded {
+            id,
+            attempt,
+            outcome,
+            ran_ms,
+        });
+        let t = &self.tasks[idx(id)];
+        if t.cancel_requested && effect != AttemptEffect::Success {
+            self.finish_task(
+                id,
+                EventKind::Cancelled {
+                    id,
+                    reason: "cancelled while running".to_string(),
+                },
+            );
+            return;
+        }
+        match effect {
+            AttemptEffect::Success => self.finish_task(id, EventKind::Succeeded { id }),
+            AttemptEffect::Continue => {
+                self.emit(EventKind::Requeued { id });
+                self.block_if_outranked(id);
+            }
+            AttemptEffect::Cancelled => self.finish_task(
+                id,
+                EventKind::Cancelled {
+                    id,
+                    reason: "cancelled while running".to_string(),
+                },
+            ),
+            AttemptEffect::Failure => {
+                let failures = t.failures;
+                if fatal {
+                    self.finish_task(
+                        id,
+                        EventKind::Failed {
+                            id,
+                            reason: failure_message,
+                        },
+                    );
+                } else if failures <= t.max_retries {
+                    let delay =
+                        retry_after.unwrap_or_else(|| self.backoff_delay(id, failures, &t.backoff));
+                    let due = self.now.saturating_add(delay);
+                    self.emit(EventKind::RetryScheduled { id, due });
+                } else {
+                    let reason = format!(
+                        "gave up after {failures} failed attempts; last: {failure_message}"
+                    );
+                    self.finish_task(id, EventKind::Failed { id, reason });
+                }
+            }
+        }
+    }
+
+    /// Retry delay for the `failures`-th failure, with jitter drawn from the seeded RNG. The
+    /// draw depends only on (seed, task, failure count), so replays and re-runs agree.
+    fn backoff_delay(&self, id: TaskId, failures: u32, backoff: &Backoff) -> Millis {
+        let exponent = failures.saturating_sub(1).min(1_000) as i32;
+        let base = (backoff.initial_ms as f64 * backoff.multiplier.powi(exponent))
+            .min(backoff.max_ms as f64);
+        let stream = id
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(17)
+            .wrapping_add(u64::from(failures));
+        let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed ^ stream);
+        let draw: f64 = rng.random();
+        let factor = 1.0 + backoff.jitter * (2.0 * draw - 1.0);
+        (base * factor).round().max(0.0) as Millis
+    }
+
+    /// Emits a terminal event and everything that follows from it: dependents released or
+    /// cancelled, lower ranks released, follow-up tasks submitted.
+    fn finish_task(&mut self, id: TaskId, terminal: EventKind) {
+        if self.tasks[idx(id)].state.is_terminal() {
+            return;
+        }
+        // A running task ends its attempt first, so that its slot is released.
+        if self.tasks[idx(id)].running.is_some() {
+            self.end_attempt(
+                id,
+                AttemptOutcome::Lost {
+                    why: "task ended while running".into(),
+                },
+            );
+            if self.tasks[idx(id)].state.is_terminal() {
+                return;
+            }
+        }
+        let succeeded = matches!(terminal, EventKind::Succeeded { .. });
+        self.emit(terminal);
+        let dependents = self.tasks[idx(id)].dependents.clone();
+        if succeeded {
+            for d in dependents {
+                if self.tasks[idx(d)].state == TaskState::Waiting {
+                    self.try_release(d);
+                }
+            }
+        } else {
+            let state = self.tasks[idx(id)].state;
+            for d in dependents {
+                if !self.tasks[idx(d)].state.is_terminal() {
+                    self.finish_task(
+                        d,
+                        EventKind::Cancelled {
+                            id: d,
+                            reason: format!("dependency {id} {state}"),
+                        },
+                    );
+                }
+            }
+        }
+        if let Some(group) = self.tasks[idx(id)].dep_group.clone() {
+            self.release_top_rank(&group);
+        }
+        let follow_ups = self.tasks[idx(id)].follow_ups.as_ref().map(|f| {
+            if succeeded {
+                f.on_success.clone()
+            } else {
+                f.on_failure.clone()
+            }
+        });
+        for spec in follow_ups.into_iter().flatten() {
+            self.submit_follow_up(id, spec);
+        }
+    }
+
+    fn submit_follow_up(&mut self, parent: TaskId, spec: TaskSpec) {
+        if let Some(existing) = spec.dedup_key.as_deref().and_then(|k| self.dedup.get(k)) {
+            let _ = existing;
+            return;
+        }
+        let id = self.tasks.len() as TaskId + 1;
+        self.emit(EventKind::Submitted {
+            id,
+            spec: Box::new(spec),
+            parent: Some(parent),
+        });
+        self.after_submit(id);
+    }
+
+    fn after_submit(&mut self, id: TaskId) {
+        let t = &self.tasks[idx(id)];
+        if let Some(group) = t.dep_group.clone() {
+            let rank = t.rank;
+            let lower_queued: Vec<TaskId> = self.dep_groups[&group]
+                .members
+                .range(..rank)
+                .flat_map(|(_, ids)| ids.iter().copied())
+                .filter(|m| self.tasks[idx(*m)].state == TaskState::Queued)
+                .collect();
+            for m in lower_queued {
+                self.emit(EventKind::Blocked { id: m });
+            }
+        }
+        self.try_release(id);
+    }
+
+    fn try_release(&mut self, id: TaskId) {
+        let t = &self.tasks[idx(id)];
+        if t.state != TaskState::Waiting {
+            return;
+        }
+        if let Some(dep) = t.failed_dependency {
+            let state = self.tasks[idx(dep)].state;
+            self.finish_task(
+                id,
+                EventKind::Cancelled {
+                    id,
+                    reason: format!("dependency {dep} {state}"),
+                },
+            );
+            return;
+        }
+        let deps_done = t.deps_pending == 0
+            || self.config.injected_bug == Some(InjectedBug::IgnoreDependencies);
+        if deps_done && !self.outranked(id) {
+            self.emit(EventKind::Released { id });
+        }
+    }
+
+    /// Whether an unfinished task of a higher rank shares this task's dependency group.
+    pub(crate) fn outranked(&self, id: TaskId) -> bool {
+        let t = &self.tasks[idx(id)];
+        match &t.dep_group {
+            Some(g) => self
+                .dep_groups
+                .get(g)
+                .and_then(|dg| dg.top_rank())
+                .is_some_and(|top| top > t.rank),
+            None => false,
+        }
+    }
+
+    fn block_if_outranked(&mut self, id: TaskId) {
+        if self.tasks[idx(id)].state == TaskState::Queued && self.outranked(id) {
+            self.emit(EventKind::Blocked { id });
+        }
+    }
+
+    fn release_top_rank(&mut self, group: &Arc<str>) {
+        let Some(dg) = self.dep_groups.get(group) else {
+            return;
+        };
+        let Some((_, top)) = dg.members.iter().next_back() else {
+            return;
+        };
+        let waiting: Vec<TaskId> = top
+            .iter()
+            .copied()
+            .filter(|m| self.tasks[idx(*m)].state == TaskState::Waiting)
+            .collect();
+        for m in waiting {
+            self.try_release(m);
+        }
+    }
+
+    /// The lane a free slot of pool `p` goes to.
+    fn choose_lane(&self, p: PoolIdx) -> Option<LaneIdx> {
+        let pool = &self.pools[p as usize];
+        if !self.policy.uses_share_tiers() {
+            return pool.index.first().map(|k| k.lane);
+        }
+        let total_weight = pool.contending_weight.max(1) as f64;
+        let mut fallback = None;
+        // Lanes at or over their share are skipped while a lane below its share has work;
+        // at most one lane per running attempt can be over its share, so this walk is
+        // bounded by the pool's slots.
+        for key in &pool.index {
+            let lane = &self.lanes[key.lane as usize];
+            let config = &self.groups[lane.group as usize].config;
+            let share = (f64::from(pool.slots) * f64::from(config.weight) / total_weight)
+                .max(f64::from(config.floor));
+            if f64::from(lane.running) < share {
+                return Some(key.lane);
+            }
+            fallback.get_or_insert(key.lane);
+        }
+        fallback
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Validating
+    // ----------------------------------------------------------------------------------
+
+    fn validate(
+        &self,
+        spec: &TaskSpec,
+        batch: Option<(usize, usize)>,
+        depth: usize,
+    ) -> Result<(), SubmitError> {
+        if depth > MAX_FOLLOW_UP_DEPTH {
+            return Err(SubmitError::FollowUpsTooDeep {
+                max: MAX_FOLLOW_UP_DEPTH,
+            });
+        }
+        for (field, value) in [
+            ("kind", &spec.kind),
+            ("pool", &spec.pool),
+            ("group", &spec.group),
+        ] {
+            if value.trim().is_empty() {
+                return Err(SubmitError::EmptyField { field });
+            }
+        }
+        if spec
+            .dependency_group
+            .as_deref()
+            .is_some_and(|g| g.trim().is_empty())
+        {
+            return Err(SubmitError::EmptyField {
+                field: "dependency_group",
+            });
+        }
+        if spec.dedup_key.as_deref().is_some_and(|k| k.is_empty()) {
+            return Err(SubmitError::EmptyField { field: "dedup_key" });
+        }
+        if spec.payload.len() > self.config.max_payload_bytes {
+            return Err(SubmitError::PayloadTooLarge {
+                size: spec.payload.len(),
+                max: self.config.max_payload_bytes,
+            });
+        }
+        spec.ageing
+            .validate()
+            .map_err(|reason| SubmitError::InvalidAgeing { reason })?;
+        validate_backoff(&spec.backoff).map_err(|reason| SubmitError::InvalidBackoff { reason })?;
+        if spec.max_runtime_ms == 0 {
+            return Err(SubmitError::ZeroMaxRuntime);
+        }
+        for dep in &spec.depends_on {
+            match (*dep, batch) {
+                (DepRef::Task(id), _) => {
+                    if idx_checked(id).is_none_or(|i| i >= self.tasks.len()) {
+                        return Err(SubmitError::UnknownDependency { id });
+                    }
+                }
+                (DepRef::Batch(i), Some((index, len))) => {
+                    if i >= len {
+                        return Err(SubmitError::UnknownBatchEntry { index: i, len });
+                    }
+                    if i == index {
+                        return Err(SubmitError::SelfDependency { index });
+                    }
+                }
+                (DepRef::Batch(_), None) => {
+                    return Err(SubmitError::BatchRefInFollowUp {
+                        field: "depends_on",
+                    })
+                }
+            }
+        }
+        for follow_up in spec.on_success.iter().chain(&spec.on_failure) {
+            self.validate(follow_up, None, depth + 1)?;
+        }
+        Ok(())
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Applying: the only code that changes state
+    // ----------------------------------------------------------------------------------
+
+    fn apply(&mut self, event: &Event) -> Result<(), String> {
+        if event.at > self.now {
+            self.now = event.at;
+        }
+        let at = event.at;
+        match &event.kind {
+            EventKind::PoolConfigured { pool, slots } => {
+                let p = self.intern_pool(pool);
+                self.pools[p as usize].slots = *slots;
+            }
+            EventKind::GroupConfigured { group, config } => {
+                let g = self.intern_group(group);
+                let old_weight = u64::from(self.groups[g as usize].config.weight);
+                self.groups[g as usize].config = *config;
+                for lane in self.groups[g as usize].lanes.clone() {
+                    let l = &self.lanes[lane as usize];
+                    if l.contends() {
+                        let pool = &mut self.pools[l.pool as usize];
+                        pool.contending_weight =
+                            pool.contending_weight - old_weight + u64::from(config.weight);
+                    }
+                    self.refresh_lane(lane);
+                }
+            }
+            EventKind::Submitted { id, spec, parent } => {
+                self.apply_submitted(*id, spec, *parent, at)?
+            }
+            EventKind::Released { id } => {
+                let t = self.task_mut(*id, &[TaskState::Waiting])?;
+                t.ready_since.get_or_insert(at);
+                self.set_state(*id, TaskState::Queued);
+                self.enqueue(*id);
+            }
+            EventKind::Blocked { id } => {
+                self.task_mut(*id, &[TaskState::Queued])?;
+                self.dequeue(*id);
+                self.set_state(*id, TaskState::Waiting);
+            }
+            EventKind::Assigned { id, attempt, pool } => {
+                let t = self.task_mut(*id, &[TaskState::Queued])?;
+                if *attempt != t.attempt + 1 {
+                    return Err(format!(
+                        "task {id}: assigned attempt {attempt}, expected {}",
+                        t.attempt + 1
+                    ));
+                }
+                let deadline = at.saturating_add(t.max_runtime_ms);
+                let (lane, task_pool) = (t.lane, t.pool);
+                if *self.pools[task_pool as usize].name != **pool {
+                    return Err(format!("task {id} assigned in pool {pool}, not its own"));
+                }
+                // The lane counts the attempt before the task leaves its queue, so that it
+                // never stops contending in between.
+                self.lanes[lane as usize].running += 1;
+                self.dequeue(*id);
+                let t = &mut self.tasks[idx(*id)];
+                t.attempt = *attempt;
+                t.running = Some(RunningAttempt {
+                    assigned_at: at,
+                    started_at: None,
+                    deadline,
+                    interrupt: None,
+                });
+                let g = t.group;
+                self.set_state(*id, TaskState::Running);
+                let group = &mut self.groups[g as usize];
+                if group.running >= group.config.cap {
+                    group.over_cap_assignment = true;
+                }
+                group.running += 1;
+                let pool = &mut self.pools[task_pool as usize];
+                if pool.running >= pool.slots {
+                    pool.over_slots_assignment = true;
+                }
+                pool.running += 1;
+                self.deadlines.insert((deadline, *id));
+                self.refresh_group_lanes(g);
+            }
+            EventKind::Started { id, attempt } => {
+                let t = self.task_mut(*id, &[TaskState::Running])?;
+                check_attempt(*id, t.attempt, *attempt)?;
+                let r = t
+                    .running
+                    .as_mut()
+                    .ok_or_else(|| format!("task {id}: not running"))?;
+                r.started_at = Some(at);
+            }
+            EventKind::InterruptRequested {
+                id,
+                attempt,
+                reason,
+            } => {
+                let grace = self.config.interrupt_grace_ms;
+                let t = self.task_mut(*id, &[TaskState::Running])?;
+                check_attempt(*id, t.attempt, *attempt)?;
+                if *reason == InterruptReason::Cancel {
+                    t.cancel_requested = true;
+                }
+                let r = t
+                    .running
+                    .as_mut()
+                    .ok_or_else(|| format!("task {id}: not running"))?;
+                if r.interrupt.is_none() {
+                    let old = r.deadline;
+                    r.interrupt = Some((*reason, at));
+                    self.deadlines.remove(&(old, *id));
+                    self.deadlines.insert((at.saturating_add(grace), *id));
+                }
+            }
+            EventKind::AttemptEnded {
+                id,
+                attempt,
+                outcome,
+                ran_ms,
+            } => {
+                let grace = self.config.interrupt_grace_ms;
+                let t = self.task_mut(*id, &[TaskState::Running])?;
+                check_attempt(*id, t.attempt, *attempt)?;
+                let r = t
+                    .running
+                    .take()
+                    .ok_or_else(|| format!("task {id}: not running"))?;
+                let timer = match r.interrupt {
+                    Some((_, since)) => since.saturating_add(grace),
+                    None => r.deadline,
+                };
+                match attempt_effect(outcome, r.interrupt.map(|(x, _)| x), t.on_timeout) {
+                    AttemptEffect::Failure => t.failures += 1,
+                    AttemptEffect::Continue => t.continues += 1,
+                    AttemptEffect::Success | AttemptEffect::Cancelled => {}
+                }
+                let (lane, g, p) = (t.lane, t.group, t.pool);
+                self.deadlines.remove(&(timer, *id));
+                self.release_slot(lane, g, p);
+                self.charge(g, *ran_ms, at);
+                self.refresh_group_lanes(g);
+            }
+            EventKind::RetryScheduled { id, due } => {
+                let t = self.task_mut(*id, &[TaskState::Running])?;
+                if t.running.is_some() {
+                    return Err(format!("task {id}: retry scheduled while its attempt runs"));
+                }
+                t.retry_due = Some(*due);
+                self.retries.insert((*due, *id));
+                self.set_state(*id, TaskState::Retrying);
+            }
+            EventKind::Requeued { id } => {
+                let t = self.task_mut(*id, &[TaskState::Running, TaskState::Retrying])?;
+                if t.running.is_some() {
+                    return Err(format!("task {id}: requeued while its attempt runs"));
+                }
+                if let Some(due) = t.retry_due.take() {
+                    self.retries.remove(&(due, *id));
+                }
+                self.set_state(*id, TaskState::Queued);
+                self.enqueue(*id);
+            }
+            EventKind::Succeeded { id } => {
+                self.apply_terminal(*id, TaskState::Succeeded, None, at)?
+            }
+            EventKind::Failed { id, reason } => {
+                self.apply_terminal(*id, TaskState::Failed, Some(reason), at)?
+            }
+            EventKind::Cancelled { id, reason } => {
+                self.apply_terminal(*id, TaskState::Cancelled, Some(reason), at)?
+            }
+            EventKind::StaleReport { id, .. } => {
+                self.task_ref(*id).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_submitted(
+        &mut self,
+        id: TaskId,
+        spec: &TaskSpec,
+        parent: Option<TaskId>,
+        at: Millis,
+    ) -> Result<(), String> {
+        if id != self.tasks.len() as TaskId + 1 {
+            return Err(format!(
+                "submitted task {id}, expected id {}",
+                self.tasks.len() + 1
+            ));
+        }
+        let mut deps = Vec::with_capacity(spec.depends_on.len());
+        for dep in &spec.depends_on {
+            match *dep {
+                DepRef::Task(d) if idx_checked(d).is_some_and(|i| i < self.tasks.len()) => {
+                    deps.push(d)
+                }
+                other => return Err(format!("task {id}: unresolved dependency {other:?}")),
+            }
+        }
+        deps.sort_unstable();
+        deps.dedup();
+        let mut deps_pending = 0;
+        let mut failed_dependency = None;
+        for &d in &deps {
+            let dep = &mut self.tasks[idx(d)];
+            match dep.state {
+                TaskState::Succeeded => {}
+                TaskState::Failed | TaskState::Cancelled => {
+                    failed_dependency.get_or_insert(d);
+                }
+                _ => {
+                    deps_pending += 1;
+                    dep.dependents.push(id);
+                }
+            }
+        }
+        let pool = self.intern_pool(&spec.pool);
+        let group = self.intern_group(&spec.group);
+        let lane = self.intern_lane(pool, group);
+        let kind = self.intern_kind(&spec.kind);
+        let ageing = self.policy.ageing_for(spec.ageing);
+        let base_score = self.policy.base_score(spec.priority);
+        let dep_group: Option<Arc<str>> = spec.dependency_group.as_deref().map(Arc::from);
+        if let Some(g) = &dep_group {
+            self.dep_groups
+                .entry(g.clone())
+                .or_default()
+                .members
+                .entry(spec.rank)
+                .or_default()
+                .insert(id);
+        }
+        if let Some(key) = &spec.dedup_key {
+            self.dedup.insert(key.as_str().into(), id);
+        }
+        let follow_ups = if spec.on_success.is_empty() && spec.on_failure.is_empty() {
+            None
+        } else {
+            Some(Box::new(FollowUps {
+                on_success: spec.on_success.clone(),
+                on_failure: spec.on_failure.clone(),
+            }))
+        };
+        self.tasks.push(Task {
+            kind,
+            pool,
+            group,
+            lane,
+            priority: spec.priority,
+            ageing,
+            base_score,
+            state: TaskState::Waiting,
+            attempt: 0,
+            failures: 0,
+            continues: 0,
+            submitted_at: at,
+            ready_since: None,
+            finished_at: None,
+            deps: deps.into_boxed_slice(),
+            deps_pending,
+            failed_dependency,
+            dependents: Vec::new(),
+            dep_group,
+            rank: spec.rank,
+            max_runtime_ms: spec.max_runtime_ms,
+            on_timeout: spec.on_timeout,
+            max_retries: spec.max_retries,
+            backoff: spec.backoff,
+            dedup_key: spec.dedup_key.as_deref().map(Box::from),
+            follow_ups,
+            payload: Arc::from(spec.payload.as_slice()),
+            running: None,
+            retry_due: None,
+            cancel_requested: false,
+            reason: None,
+            parent,
+        });
+        self.counts.waiting += 1;
+        Ok(())
+    }
+
+    fn apply_terminal(
+        &mut self,
+        id: TaskId,
+        state: TaskState,
+        reason: Option<&String>,
+        at: Millis,
+    ) -> Result<(), String> {
+        let t = self.task_mut(
+            id,
+            &[
+                TaskState::Waiting,
+                TaskState::Queued,
+                TaskState::Running,
+                TaskState::Retrying,
+            ],
+        )?;
+        if t.running.is_some() {
+            return Err(format!("task {id}: ended while its attempt runs"));
+        }
+        let previous = t.state;
+        t.finished_at = Some(at);
+        t.reason = reason.map(|r| r.as_str().into());
+        if let Some(due) = t.retry_due.take() {
+            self.retries.remove(&(due, id));
+        }
+        if previous == TaskState::Queued {
+            self.dequeue(id);
+        }
+        self.set_state(id, state);
+        let t = &self.tasks[idx(id)];
+        if let Some(key) = &t.dedup_key {
+            if self.dedup.get(key.as_ref()) == Some(&id) {
+                self.dedup.remove(key.as_ref());
+            }
+        }
+        if let Some(g) = &t.dep_group {
+            if let Some(dg) = self.dep_groups.get_mut(g) {
+                if let Some(members) = dg.members.get_mut(&t.rank) {
+                    members.remove(&id);
+                    if members.is_empty() {
+                        dg.members.remove(&t.rank);
+                    }
+                }
+            }
+        }
+        let dependents = std::mem::take(&mut self.tasks[idx(id)].dependents);
+        for &d in &dependents {
+            let dep = &mut self.tasks[idx(d)];
+            if state == TaskState::Succeeded {
+                dep.deps_pending = dep.deps_pending.saturating_sub(1);
+            } else {
+                dep.failed_dependency.get_or_insert(id);
+            }
+        }
+        // Kept: finish_task reads them to cascade, and views show them.
+        self.tasks[idx(id)].dependents = dependents;
+        Ok(())
+    }
+
+    fn task_mut(&mut self, id: TaskId, allowed: &[TaskState]) -> Result<&mut Task, String> {
+        let t = idx_checked(id)
+            .and_then(|i| self.tasks.get_mut(i))
+            .ok_or_else(|| format!("task {id} does not exist"))?;
+        if !allowed.contains(&t.state) {
+            return Err(format!(
+                "task {id} is {}, expected one of {allowed:?}",
+                t.state
+            ));
+        }
+        Ok(t)
+    }
+
+    /// Moves a task's state, keeping counts and group activity in step.
+    fn set_state(&mut self, id: TaskId, new: TaskState) {
+        let t = &mut self.tasks[idx(id)];
+        let old = std::mem::replace(&mut t.state, new);
+        let g = t.group;
+        *self.counts.slot(old) -= 1;
+        *self.counts.slot(new) += 1;
+        let active = |s: TaskState| {
+            matches!(
+                s,
+                TaskState::Queued | TaskState::Running | TaskState::Retrying
+            )
+        };
+        match (active(old), active(new)) {
+            (false, true) => {
+                let group = &mut self.groups[g as usize];
+                group.active_tasks += 1;
+                if group.active_tasks == 1 {
+                    self.activate_group(g);
+                }
+            }
+            (true, false) => {
+                let group = &mut self.groups[g as usize];
+                group.active_tasks -= 1;
+                if group.active_tasks == 0 {
+                    self.active_usage.remove(&(order_bits(group.usage), g));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A group that had nothing to do starts no lower than the least-served active group,
+    /// so that being idle never banks credit against groups that kept working.
+    fn activate_group(&mut self, g: GroupIdx) {
+        if let Some(&(floor_bits, _)) = self.active_usage.first() {
+            let floor = f64::from_bits(floor_bits);
+            let group = &mut self.groups[g as usize];
+            if group.usage < floor {
+                group.usage = floor;
+            }
+        }
+        let usage = self.groups[g as usize].usage;
+        self.active_usage.insert((order_bits(usage), g));
+        self.refresh_group_lanes(g);
+    }
+
+    /// Adds `ran_ms` of run time to a group's decayed usage.
+    fn charge(&mut self, g: GroupIdx, ran_ms: Millis, at: Millis) {
+        let half_life = self.config.share_half_life_ms.max(1) as f64;
+        if (at.saturating_sub(self.share_base)) as f64 / half_life > MAX_SHARE_EXPONENT {
+            self.rebase_shares(at);
+        }
+        let scale = self.share_scale(at);
+        let group = &mut self.groups[g as usize];
+        let was_active = group.active_tasks > 0;
+        let old_bits = order_bits(group.usage);
+        group.usage += ran_ms as f64 * scale;
+        group.usage_at_charge = group.usage / scale;
+        let new_bits = order_bits(group.usage);
+        if was_active {
+            self.active_usage.remove(&(old_bits, g));
+            self.active_usage.insert((new_bits, g));
+        }
+    }
+
+    fn share_scale(&self, at: Millis) -> f64 {
+        let half_life = self.config.share_half_life_ms.max(1) as f64;
+        (at.saturating_sub(self.share_base) as f64 / half_life).exp2()
+    }
+
+    fn rebase_shares(&mut self, at: Millis) {
+        let scale = self.share_scale(at);
+        for group in &mut self.groups {
+            group.usage /= scale;
+        }
+        self.share_base = at;
+        self.active_usage = self
+            .groups
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.active_tasks > 0)
+            .map(|(i, g)| (order_bits(g.usage), i as GroupIdx))
+            .collect();
+        for lane in 0..self.lanes.len() as LaneIdx {
+            self.refresh_lane(lane);
+        }
+    }
+
+    fn release_slot(&mut self, lane: LaneIdx, g: GroupIdx, p: PoolIdx) {
+        self.lanes[lane as usize].running -= 1;
+        self.groups[g as usize].running -= 1;
+        self.pools[p as usize].running -= 1;
+        self.update_contention(lane, true);
+    }
+
+    fn enqueue(&mut self, id: TaskId) {
+        let t = &self.tasks[idx(id)];
+        let (lane, ageing, priority, score) = (t.lane, t.ageing, t.priority, t.base_score);
+        let ready = t.ready_since.unwrap_or(self.now);
+        let was = self.lanes[lane as usize].contends();
+        self.lanes[lane as usize].insert(ageing, priority, score, ready, id);
+        let (g, p) = (t.group, t.pool);
+        self.groups[g as usize].queued += 1;
+        self.pools[p as usize].queued += 1;
+        self.update_contention(lane, was);
+        self.refresh_lane(lane);
+    }
+
+    fn dequeue(&mut self, id: TaskId) {
+        let t = &self.tasks[idx(id)];
+        let (lane, ageing, priority) = (t.lane, t.ageing, t.priority);
+        let ready = t.ready_since.unwrap_or(self.now);
+        let was = self.lanes[lane as usize].contends();
+        if self.lanes[lane as usize].remove(ageing, priority, ready, id) {
+            let (g, p) = (t.group, t.pool);
+            self.groups[g as usize].queued -= 1;
+            self.pools[p as usize].queued -= 1;
+        } else {
+            self.internal_errors
+                .push(format!("task {id} was not in its queue"));
+        }
+        self.update_contention(lane, was);
+        self.refresh_lane(lane);
+    }
+
+    /// Keeps the pool's contending weight in step with whether `lane` has work.
+    fn update_contention(&mut self, lane: LaneIdx, was: bool) {
+        let l = &self.lanes[lane as usize];
+        let now = l.contends();
+        if was == now {
+            return;
+        }
+        let weight = u64::from(self.groups[l.group as usize].config.weight);
+        let pool = &mut self.pools[l.pool as usize];
+        if now {
+            pool.contending_weight += weight;
+        } else {
+            pool.contending_weight -= weight;
+        }
+    }
+
+    fn refresh_group_lanes(&mut self, g: GroupIdx) {
+        for i in 0..self.groups[g as usize].lanes.len() {
+            let lane = self.groups[g as usize].lanes[i];
+            self.refresh_lane(lane);
+        }
+    }
+
+    /// Puts a lane where it belongs in its pool's index (or out of it), at `self.now`.
+    pub(crate) fn refresh_lane(&mut self, lane_idx: LaneIdx) {
+        let now = self.now;
+        let lane = &mut self.lanes[lane_idx as usize];
+        let pool = lane.pool as usize;
+        if let Some(key) = lane.key.take() {
+            self.pools[pool].index.remove(&key);
+        }
+        if let Some(t) = lane.level_timer.take() {
+            self.level_timers.remove(&(t, lane_idx));
+        }
+        let group = &self.groups[lane.group as usize];
+        let under_cap = group.running < group.config.cap
+            || self.config.injected_bug == Some(InjectedBug::IgnoreGroupCaps);
+        if lane.queued == 0 || !under_cap {
+            return;
+        }
+        let Some(head) = lane.head(now) else { return };
+        let bonus = self
+            .policy
+            .group_bonus(group.usage_at_charge, group.config.weight);
+        let level = self.policy.level_of(head.score + bonus);
+        let share = if self.policy.orders_groups_by_share() {
+            order_bits(group.usage / f64::from(group.config.weight.max(1)))
+        } else {
+            0
+        };
+        let key = LaneKey {
+            neg_level: -level,
+            share,
+            head_ready_since: head.ready_since,
+            head_id: head.id,
+            lane: lane_idx,
+        };
+        self.pools[pool].index.insert(key);
+        lane.key = Some(key);
+        let next_level_score = self.policy.level_start(level + 1) - bonus;
+        if let Some(at) = lane.next_level_change(now, next_level_score) {
+            lane.level_timer = Some(at);
+            self.level_timers.insert((at, lane_idx));
+        }
+    }
+
+    fn intern_pool(&mut self, name: &str) -> PoolIdx {
+        if let Some(&p) = self.pool_ids.get(name) {
+            return p;
+        }
+        let p = self.pools.len() as PoolIdx;
+        let name: Arc<str> = Arc::from(name);
+        self.pools.push(Pool {
+            name: name.clone(),
+            slots: self.config.default_pool_slots,
+            running: 0,
+            queued: 0,
+            index: BTreeSet::new(),
+            contending_weight: 0,
+            over_slots_assignment: false,
+        });
+        self.pool_ids.insert(name, p);
+        p
+    }
+
+    fn intern_group(&mut self, name: &str) -> GroupIdx {
+        if let Some(&g) = self.group_ids.get(name) {
+            return g;
+        }
+        let g = self.groups.len() as GroupIdx;
+        let name: Arc<str> = Arc::from(name);
+        self.groups.push(Group {
+            name: name.clone(),
+            config: self.config.default_group,
+            running: 0,
+            queued: 0,
+            active_tasks: 0,
+            usage: 0.0,
+            usage_at_charge: 0.0,
+            lanes: Vec::new(),
+            over_cap_assignment: false,
+        });
+        self.group_ids.insert(name, g);
+        g
+    }
+
+    fn intern_lane(&mut self, pool: PoolIdx, group: GroupIdx) -> LaneIdx {
+        if let Some(&l) = self.lane_ids.get(&(pool, group)) {
+            return l;
+        }
+        let l = self.lanes.len() as LaneIdx;
+        self.lanes.push(Lane::new(pool, group));
+        self.lane_ids.insert((pool, group), l);
+        self.groups[group as usize].lanes.push(l);
+        l
+    }
+
+    fn intern_kind(&mut self, kind: &str) -> Arc<str> {
+        if let Some((k, _)) = self.kinds.get_key_value(kind) {
+            return k.clone();
+        }
+        let k: Arc<str> = Arc::from(kind);
+        self.kinds.insert(k.clone(), ());
+        k
+    }
+
+    pub(crate) fn pool_name(&self, p: PoolIdx) -> &str {
+        &self.pools[p as usize].name
+    }
+
+    pub(crate) fn group_name(&self, g: GroupIdx) -> &str {
+        &self.groups[g as usize].name
+    }
+
+    pub(crate) fn lane_of(&self, id: TaskId) -> &Lane {
+        &self.lanes[self.tasks[idx(id)].lane as usize]
+    }
+
+    pub(crate) fn choose_lane_for_explain(&self, p: PoolIdx) -> Option<LaneIdx> {
+        self.choose_lane(p)
+    }
+}
+
+fn check_attempt(id: TaskId, current: u32, reported: u32) -> Result<(), String> {
+    if current == reported {
+        Ok(())
+    } else {
+        Err(format!(
+            "task {id}: event for attempt {reported}, current is {current}"
+        ))
+    }
+}
+
+fn validate_backoff(b: &Backoff) -> Result<(), String> {
+    if !(b.multiplier.is_finite() && b.multiplier >= 1.0) {
+        return Err(format!(
+            "multiplier must be a finite number >= 1, got {}",
+            b.multiplier
+        ));
+    }
+    if !(b.jitter.is_finite() && (0.0..1.0).contains(&b.jitter)) {
+        return Err(format!("jitter must be in [0, 1), got {}", b.jitter));
+    }
+    if b.max_ms < b.initial_ms {
+        return Err(format!(
+            "max_ms ({}) must be >= initial_ms ({})",
+            b.max_ms, b.initial_ms
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a batch whose entries depend on each other in a cycle, naming the entries.
+fn check_batch_cycles(specs: &[TaskSpec]) -> Result<(), SubmitError> {
+    use petgraph::graphmap::DiGraphMap;
+    let mut graph: DiGraphMap<usize, ()> = DiGraphMap::new();
+    let mut any = false;
+    for (i, spec) in specs.iter().enumerate() {
+        for dep in &spec.depends_on {
+            if let DepRef::Batch(j) = *dep {
+                graph.add_edge(j, i, ());
+                any = true;
+            }
+        }
+    }
+    if !any {
+        return Ok(());
+    }
+    if petgraph::algo::toposort(&graph, None).is_ok() {
+        return Ok(());
+    }
+    let mut entries: Vec<usize> = petgraph::algo::tarjan_scc(&graph)
+        .into_iter()
+        .find(|scc| scc.len() > 1)
+        .unwrap_or_default();
+    entries.sort_unstable();
+    Err(SubmitError::DependencyCycle { entries })
+}
+
+/// Index of a task id in `Core::tasks`.
+pub(crate) fn idx(id: TaskId) -> usize {
+    (id - 1) as usize
+}
+
+pub(crate) fn idx_checked(id: TaskId) -> Option<usize> {
+    id.checked_sub(1).map(|i| i as usize)
+}
