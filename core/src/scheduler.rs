@@ -109,15 +109,41 @@ pub(crate) struct Pool {
     pub over_slots_assignment: bool,
 }
 
+/// Ranks order a dependency group's members: a member starts only when no member of a
+/// higher rank that could run (its dependencies succeeded) is unfinished. Members still
+/// waiting on dependencies do not block lower ranks: otherwise a task that depends on a
+/// lower-ranked member of its own group would deadlock the group.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct DepGroup {
     /// Unfinished members by rank.
     pub members: BTreeMap<i32, BTreeSet<TaskId>>,
+    /// How many unfinished members of each rank have all their dependencies done.
+    pub ready: BTreeMap<i32, u32>,
 }
 
 impl DepGroup {
-    fn top_rank(&self) -> Option<i32> {
-        self.members.keys().next_back().copied()
+    fn top_ready_rank(&self) -> Option<i32> {
+        self.ready.keys().next_back().copied()
+    }
+
+    fn add_ready(&mut self, rank: i32) {
+        *self.ready.entry(rank).or_default() += 1;
+    }
+
+    fn remove_ready(&mut self, rank: i32) {
+        if let Some(n) = self.ready.get_mut(&rank) {
+            *n -= 1;
+            if *n == 0 {
+                self.ready.remove(&rank);
+            }
+        }
+    }
+}
+
+impl Task {
+    /// All dependencies succeeded (a member that counts for its dependency group's ranks).
+    fn dependencies_done(&self) -> bool {
+        self.deps_pending == 0 && self.failed_dependency.is_none()
     }
 }
 
@@ -851,6 +877,9 @@ impl Core {
         if succeeded {
             for d in dependents {
                 if self.tasks[idx(d)].state == TaskState::Waiting {
+                    if self.tasks[idx(d)].dependencies_done() {
+                        self.block_lower_ranks(d);
+                    }
                     self.try_release(d);
                 }
             }
@@ -898,6 +927,14 @@ impl Core {
     }
 
     fn after_submit(&mut self, id: TaskId) {
+        if self.tasks[idx(id)].dependencies_done() {
+            self.block_lower_ranks(id);
+        }
+        self.try_release(id);
+    }
+
+    /// A member became able to run: queued members of lower ranks wait for it.
+    fn block_lower_ranks(&mut self, id: TaskId) {
         let t = &self.tasks[idx(id)];
         if let Some(group) = t.dep_group.clone() {
             let rank = t.rank;
@@ -911,7 +948,6 @@ impl Core {
                 self.emit(EventKind::Blocked { id: m });
             }
         }
-        self.try_release(id);
     }
 
     fn try_release(&mut self, id: TaskId) {
@@ -944,7 +980,7 @@ impl Core {
             Some(g) => self
                 .dep_groups
                 .get(g)
-                .and_then(|dg| dg.top_rank())
+                .and_then(|dg| dg.top_ready_rank())
                 .is_some_and(|top| top > t.rank),
             None => false,
         }
@@ -960,13 +996,16 @@ impl Core {
         let Some(dg) = self.dep_groups.get(group) else {
             return;
         };
-        let Some((_, top)) = dg.members.iter().next_back() else {
-            return;
-        };
-        let waiting: Vec<TaskId> = top
-            .iter()
-            .copied()
-            .filter(|m| self.tasks[idx(*m)].state == TaskState::Waiting)
+        // Members below the top ready rank stay blocked; only those at or above it may go.
+        let from = dg.top_ready_rank().unwrap_or(i32::MIN);
+        let waiting: Vec<TaskId> = dg
+            .members
+            .range(from..)
+            .flat_map(|(_, ids)| ids.iter().copied())
+            .filter(|m| {
+                let t = &self.tasks[idx(*m)];
+                t.state == TaskState::Waiting && t.dependencies_done()
+            })
             .collect();
         for m in waiting {
             self.try_release(m);
@@ -1298,13 +1337,11 @@ impl Core {
         let base_score = self.policy.base_score(spec.priority);
         let dep_group: Option<Arc<str>> = spec.dependency_group.as_deref().map(Arc::from);
         if let Some(g) = &dep_group {
-            self.dep_groups
-                .entry(g.clone())
-                .or_default()
-                .members
-                .entry(spec.rank)
-                .or_default()
-                .insert(id);
+            let dg = self.dep_groups.entry(g.clone()).or_default();
+            dg.members.entry(spec.rank).or_default().insert(id);
+            if deps_pending == 0 && failed_dependency.is_none() {
+                dg.add_ready(spec.rank);
+            }
         }
         if let Some(key) = &spec.dedup_key {
             self.dedup.insert(key.as_str().into(), id);
@@ -1392,6 +1429,9 @@ impl Core {
         }
         if let Some(g) = &t.dep_group {
             if let Some(dg) = self.dep_groups.get_mut(g) {
+                if t.dependencies_done() {
+                    dg.remove_ready(t.rank);
+                }
                 if let Some(members) = dg.members.get_mut(&t.rank) {
                     members.remove(&id);
                     if members.is_empty() {
@@ -1405,6 +1445,14 @@ impl Core {
             let dep = &mut self.tasks[idx(d)];
             if state == TaskState::Succeeded {
                 dep.deps_pending = dep.deps_pending.saturating_sub(1);
+                if dep.dependencies_done() && !dep.state.is_terminal() {
+                    if let Some(g) = &dep.dep_group {
+                        let rank = dep.rank;
+                        if let Some(dg) = self.dep_groups.get_mut(g) {
+                            dg.add_ready(rank);
+                        }
+                    }
+                }
             } else {
                 dep.failed_dependency.get_or_insert(id);
             }
