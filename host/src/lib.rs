@@ -2,3 +2,4 @@
 //! WebAssembly components, stores everything durably, and serves the CLI and HTTP API.
 
 pub mod cli;
+pub mod runtime;
