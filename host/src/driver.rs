@@ -1,0 +1,852 @@
+//! The driver: one thread that owns the [`Core`] and the [`Storage`], fed by a channel of
+//! commands, woken at the core's `next_wakeup()`.
+//!
+//! Each step gathers every command waiting in the channel (group commit), applies them to
+//! the core with one `now`, hands out assignments while slots are free, writes the drained
+//! journal, task rows and checkpoints in one transaction, and only then answers the
+//! submitters and sends the new attempts to the workers. Scheduling rules live in the core
+//! only: the driver never decides which task runs.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use handyman_core::{
+    AttemptOutcome, CancelOutcome, Core, CoreConfig, EventKind, GroupConfig, InterruptReason,
+    Millis, Report, SubmitError, SubmitOutcome, TaskError, TaskId, TaskSpec, DEFAULT_POOL,
+};
+use tokio::sync::oneshot;
+
+use crate::executor::{Executor, Job, JobResult, KindInfo, StopReason};
+use crate::metrics::Metrics;
+use crate::storage::{AttemptRow, Batch, Carry, Storage, StorageError, TaskRow};
+
+/// Most commands applied in one step (one commit).
+const MAX_BATCH: usize = 4096;
+/// How long shutdown waits for running attempts to stop.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(15);
+
+/// Why a submit was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitRejection {
+    #[error("{0}")]
+    Invalid(#[from] SubmitError),
+    #[error("field `kind`: no handler is loaded for kind {kind:?} (loaded kinds: {known})")]
+    UnknownKind { kind: String, known: String },
+    #[error("field `pool`: kind {kind:?} runs in pool {expected:?}, not {given:?}")]
+    WrongPool {
+        kind: String,
+        expected: String,
+        given: String,
+    },
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("the server cannot reach its scheduler")]
+    Unavailable,
+}
+
+/// What queries see: the core, the storage, the clock and the counters.
+pub struct QueryCtx<'a> {
+    pub core: &'a Core,
+    pub storage: &'a mut dyn Storage,
+    pub now: Millis,
+    pub metrics: &'a Metrics,
+    pub kinds: &'a [KindInfo],
+}
+
+type Query = Box<dyn FnOnce(&mut QueryCtx<'_>) + Send>;
+
+/// An input of the driver.
+pub enum Command {
+    Submit {
+        specs: Vec<TaskSpec>,
+        reply: oneshot::Sender<Result<Vec<SubmitOutcome>, SubmitRejection>>,
+    },
+    Cancel {
+        id: TaskId,
+        reply: oneshot::Sender<Result<CancelOutcome, TaskError>>,
+    },
+    /// A worker's attempt ended.
+    Finished { job: Box<Job>, result: JobResult },
+    /// Read-only access to the state, after the step's commit.
+    Query(Query),
+    /// Stop assigning, stop running attempts as "continue later", flush, and end.
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// The wall clock as the core sees it: milliseconds since the epoch stored at first start.
+/// Never goes back below what the journal already saw.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    base: Millis,
+    start: Instant,
+}
+
+impl Clock {
+    pub fn new(epoch_unix_ms: u64, at_least: Millis) -> Clock {
+        let since_epoch = unix_ms().saturating_sub(epoch_unix_ms);
+        Clock {
+            base: since_epoch.max(at_least),
+            start: Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> Millis {
+        self.base + self.start.elapsed().as_millis() as Millis
+    }
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Settings of a driver.
+#[derive(Clone, Debug, Default)]
+pub struct DriverConfig {
+    /// Used at the first start only; later starts use the stored one.
+    pub core: Option<CoreConfig>,
+    pub pools: BTreeMap<String, u32>,
+    pub groups: BTreeMap<String, GroupConfig>,
+    /// Slots of a kind's pool that `pools` does not name.
+    pub default_slots: u32,
+}
+
+/// Why the driver could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("stored core config is unreadable: {0}")]
+    StoredConfig(String),
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A handle on a running driver: send it commands.
+#[derive(Clone)]
+pub struct DriverHandle {
+    tx: Sender<Command>,
+    kinds: Arc<Vec<KindInfo>>,
+}
+
+/// What recovery found at start.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Recovery {
+    pub events: u64,
+    pub tasks: u64,
+    pub lost_attempts: usize,
+    pub elapsed: Duration,
+}
+
+/// The running driver and its workers; [`Running::join`] waits for them after a shutdown.
+pub struct Running {
+    pub handle: DriverHandle,
+    pub recovery: Recovery,
+    driver: JoinHandle<()>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn join(self) {
+        let _ = self.driver.join();
+        for w in self.workers {
+            let _ = w.join();
+        }
+    }
+}
+
+impl DriverHandle {
+    pub fn kinds(&self) -> &[KindInfo] {
+        &self.kinds
+    }
+
+    pub async fn submit(
+        &self,
+        specs: Vec<TaskSpec>,
+    ) -> Result<Vec<SubmitOutcome>, SubmitRejection> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Submit { specs, reply })
+            .map_err(|_| SubmitRejection::Unavailable)?;
+        rx.await.map_err(|_| SubmitRejection::Unavailable)?
+    }
+
+    pub async fn cancel(&self, id: TaskId) -> Option<Result<CancelOutcome, TaskError>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Cancel { id, reply }).ok()?;
+        rx.await.ok()
+    }
+
+    /// Runs `f` on the driver thread after its next commit.
+    pub async fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut QueryCtx<'_>) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (reply, rx) = oneshot::channel();
+        let q: Query = Box::new(move |ctx| {
+            let _ = reply.send(f(ctx));
+        });
+        self.tx.send(Command::Query(q)).ok()?;
+        rx.await.ok()
+    }
+
+    /// Same as [`DriverHandle::query`], from a thread outside any async runtime.
+    pub fn query_blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut QueryCtx<'_>) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (reply, rx) = oneshot::channel();
+        let q: Query = Box::new(move |ctx| {
+            let _ = reply.send(f(ctx));
+        });
+        self.tx.send(Command::Query(q)).ok()?;
+        rx.blocking_recv().ok()
+    }
+
+    pub async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Shutdown { reply }).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    pub fn shutdown_blocking(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Shutdown { reply }).is_ok() {
+            let _ = rx.blocking_recv();
+        }
+    }
+}
+
+/// A running attempt, as the driver tracks it.
+struct RunningJob {
+    attempt: u32,
+}
+
+struct Driver {
+    core: Core,
+    storage: Box<dyn Storage>,
+    executor: Arc<dyn Executor>,
+    kinds: Arc<Vec<KindInfo>>,
+    kind_pools: HashMap<String, String>,
+    pools: Vec<String>,
+    clock: Clock,
+    rx: Receiver<Command>,
+    jobs: Sender<Job>,
+    running: HashMap<TaskId, RunningJob>,
+    /// Tasks with a stored checkpoint or context.
+    carried: HashSet<TaskId>,
+    metrics: Metrics,
+    shutting_down: Option<(Instant, Vec<oneshot::Sender<()>>)>,
+}
+
+/// Starts the driver thread and one worker thread per slot.
+pub fn start(
+    mut storage: Box<dyn Storage>,
+    executor: Arc<dyn Executor>,
+    config: DriverConfig,
+) -> Result<Running, StartError> {
+    let started = Instant::now();
+    let core_config = match storage.meta("core_config")? {
+        Some(text) => serde_json::from_str::<CoreConfig>(&text)
+            .map_err(|e| StartError::StoredConfig(e.to_string()))?,
+        None => {
+            let c = config.core.clone().unwrap_or_default();
+            let text = serde_json::to_string(&c)
+                .map_err(|e| StartError::StoredConfig(e.to_string()))?;
+            storage.set_meta("core_config", &text)?;
+            c
+        }
+    };
+    let epoch = match storage.meta("epoch_unix_ms")?.and_then(|t| t.parse::<u64>().ok()) {
+        Some(e) => e,
+        None => {
+            let e = unix_ms();
+            storage.set_meta("epoch_unix_ms", &e.to_string())?;
+            e
+        }
+    };
+    let mut core = Core::new(core_config);
+    let events = storage.load_journal(&mut |event| {
+        core.replay_event(&event).map_err(|e| e.to_string())
+    })?;
+    let clock = Clock::new(epoch, core.now());
+    let now = clock.now();
+
+    let kinds = Arc::new(executor.kinds());
+    let kind_pools: HashMap<String, String> = kinds
+        .iter()
+        .map(|k| (k.name.clone(), k.pool.clone()))
+        .collect();
+    let mut pools: BTreeMap<String, u32> = config.pools.clone();
+    for k in kinds.iter() {
+        pools.entry(k.pool.clone()).or_insert(config.default_slots);
+    }
+    if pools.is_empty() {
+        pools.insert(DEFAULT_POOL.to_string(), config.default_slots);
+    }
+    let current: HashMap<String, u32> = core.pools().into_iter().map(|p| (p.name, p.slots)).collect();
+    for (pool, slots) in &pools {
+        if current.get(pool) != Some(slots) {
+            core.set_pool_slots(now, pool, *slots);
+        }
+    }
+    let current: HashMap<String, GroupConfig> = core
+        .groups(now)
+        .into_iter()
+        .map(|g| (g.name, g.config))
+        .collect();
+    for (group, gc) in &config.groups {
+        let wanted = GroupConfig {
+            weight: gc.weight.max(1),
+            ..*gc
+        };
+        if current.get(group) != Some(&wanted) {
+            core.configure_group(now, group, wanted);
+        }
+    }
+    let lost = core.running_attempts();
+    for (id, attempt) in &lost {
+        let _ = core.report(
+            now,
+            *id,
+            *attempt,
+            Report::Lost {
+                why: "the host stopped while it ran".to_string(),
+            },
+        );
+    }
+    let carried: HashSet<TaskId> = storage.carried_ids()?.into_iter().collect();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded::<Job>();
+    let total_slots: u32 = pools.values().sum();
+    let recovery = Recovery {
+        events,
+        tasks: core.task_count(),
+        lost_attempts: lost.len(),
+        elapsed: started.elapsed(),
+    };
+    let mut driver = Driver {
+        core,
+        storage,
+        executor: executor.clone(),
+        kinds: kinds.clone(),
+        kind_pools,
+        pools: pools.keys().cloned().collect(),
+        clock,
+        rx,
+        jobs: jobs_tx,
+        running: HashMap::new(),
+        carried,
+        metrics: Metrics::default(),
+        shutting_down: None,
+    };
+    // Journal what recovery decided (lost attempts, pool sizes) before serving anything.
+    driver.step(now, Vec::new());
+
+    let mut workers = Vec::new();
+    for i in 0..total_slots.max(1) {
+        let jobs = jobs_rx.clone();
+        let tx = tx.clone();
+        let executor = executor.clone();
+        let w = std::thread::Builder::new()
+            .name(format!("handyman-worker-{i}"))
+            .spawn(move || worker(jobs, tx, executor))
+            .map_err(StartError::Thread)?;
+        workers.push(w);
+    }
+    let handle = DriverHandle { tx, kinds };
+    let driver = std::thread::Builder::new()
+        .name("handyman-driver".to_string())
+        .spawn(move || driver.run())
+        .map_err(StartError::Thread)?;
+    Ok(Running {
+        handle,
+        recovery,
+        driver,
+        workers,
+    })
+}
+
+fn worker(jobs: Receiver<Job>, tx: Sender<Command>, executor: Arc<dyn Executor>) {
+    while let Ok(job) = jobs.recv() {
+        let run = job.clone();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| executor.run(run)))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "a panic".to_string());
+                JobResult::of(AttemptOutcome::Lost {
+                    why: format!("the host's worker panicked: {what}"),
+                })
+            });
+        if tx
+            .send(Command::Finished {
+                job: Box::new(job),
+                result,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Replies that wait for the step's commit.
+enum Reply {
+    Submit(
+        oneshot::Sender<Result<Vec<SubmitOutcome>, SubmitRejection>>,
+        Result<Vec<SubmitOutcome>, SubmitRejection>,
+    ),
+    Cancel(
+        oneshot::Sender<Result<CancelOutcome, TaskError>>,
+        Result<CancelOutcome, TaskError>,
+    ),
+}
+
+impl Driver {
+    fn run(mut self) {
+        loop {
+            let now = self.clock.now();
+            let timeout = match (&self.shutting_down, self.core.next_wakeup()) {
+                (Some(_), _) => Duration::from_millis(20),
+                (None, Some(at)) => Duration::from_millis(at.saturating_sub(now)),
+                (None, None) => Duration::from_secs(3600),
+            };
+            let mut commands = Vec::new();
+            match self.rx.recv_timeout(timeout) {
+                Ok(c) => commands.push(c),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            while commands.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(c) => commands.push(c),
+                    Err(_) => break,
+                }
+            }
+            let now = self.clock.now();
+            self.step(now, commands);
+            if let Some((since, _)) = &self.shutting_down {
+                if self.running.is_empty() || since.elapsed() > SHUTDOWN_WAIT {
+                    if let Some((_, replies)) = self.shutting_down.take() {
+                        for r in replies {
+                            let _ = r.send(());
+                        }
+                    }
+                    // Dropping the jobs channel ends the workers.
+                    return;
+                }
+            }
+        }
+    }
+
+    fn step(&mut self, now: Millis, commands: Vec<Command>) {
+        let mut batch = Batch::default();
+        let mut replies = Vec::new();
+        let mut queries = Vec::new();
+        let mut outputs: HashMap<TaskId, Vec<u8>> = HashMap::new();
+        let mut progress: HashMap<TaskId, f32> = HashMap::new();
+        for command in commands {
+            match command {
+                Command::Submit { specs, reply } => {
+                    let result = if self.shutting_down.is_some() {
+                        Err(SubmitRejection::ShuttingDown)
+                    } else {
+                        self.prepare(specs).and_then(|specs| {
+                            let n = specs.len() as u64;
+                            let r = self.core.submit_batch(now, specs)?;
+                            self.metrics.count_submitted(n);
+                            Ok(r)
+                        })
+                    };
+                    replies.push(Reply::Submit(reply, result));
+                }
+                Command::Cancel { id, reply } => {
+                    let result = self.core.cancel(now, id, "cancelled by an operator");
+                    replies.push(Reply::Cancel(reply, result));
+                }
+                Command::Finished { job, result } => {
+                    self.finish(now, &job, result, &mut batch, &mut outputs, &mut progress)
+                }
+                Command::Query(q) => queries.push(q),
+                Command::Shutdown { reply } => {
+                    match &mut self.shutting_down {
+                        Some((_, replies)) => replies.push(reply),
+                        None => {
+                            tracing::info!(
+                                running = self.running.len(),
+                                "shutting down: stopping running attempts"
+                            );
+                            self.executor.stop_all(StopReason::Shutdown);
+                            self.shutting_down = Some((Instant::now(), vec![reply]));
+                        }
+                    }
+                }
+            }
+        }
+        self.core.tick(now);
+        let jobs = if self.shutting_down.is_none() {
+            self.dispatch(now)
+        } else {
+            Vec::new()
+        };
+        let interrupts = self.core.drain_interrupts();
+        batch.events = self.core.drain_journal();
+        self.collect(now, &mut batch, outputs, progress);
+        if let Err(e) = self.storage.commit(&batch) {
+            // The core has moved on without its journal being durable: only a restart, which
+            // replays what was committed, brings the two back together.
+            tracing::error!(error = %e, "commit failed; stopping so that a restart recovers");
+            eprintln!("handyman: commit failed: {e}");
+            std::process::exit(70);
+        }
+        for reply in replies {
+            match reply {
+                Reply::Submit(tx, r) => {
+                    let _ = tx.send(r);
+                }
+                Reply::Cancel(tx, r) => {
+                    let _ = tx.send(r);
+                }
+            }
+        }
+        if !queries.is_empty() {
+            let mut ctx = QueryCtx {
+                core: &self.core,
+                storage: self.storage.as_mut(),
+                now,
+                metrics: &self.metrics,
+                kinds: &self.kinds,
+            };
+            for q in queries {
+                q(&mut ctx);
+            }
+        }
+        for job in jobs {
+            let _ = self.jobs.send(job);
+        }
+        for i in interrupts {
+            match i.reason {
+                InterruptReason::Cancel => self.executor.stop(i.id, StopReason::Cancel),
+                // The executor enforces the time limit it was given itself.
+                InterruptReason::Timeout => {}
+            }
+        }
+    }
+
+    /// Host-side checks of specs: a known kind, its pool.
+    fn prepare(&self, mut specs: Vec<TaskSpec>) -> Result<Vec<TaskSpec>, SubmitRejection> {
+        for spec in &mut specs {
+            self.prepare_one(spec)?;
+        }
+        Ok(specs)
+    }
+
+    fn prepare_one(&self, spec: &mut TaskSpec) -> Result<(), SubmitRejection> {
+        let Some(info) = self.kinds.iter().find(|k| k.name == spec.kind) else {
+            let known: Vec<&str> = self.kinds.iter().map(|k| k.name.as_str()).collect();
+            return Err(SubmitRejection::UnknownKind {
+                kind: spec.kind.clone(),
+                known: known.join(", "),
+            });
+        };
+        let pool = &self.kind_pools[&info.name];
+        if spec.pool == DEFAULT_POOL {
+            spec.pool = pool.clone();
+        } else if spec.pool != *pool {
+            return Err(SubmitRejection::WrongPool {
+                kind: spec.kind.clone(),
+                expected: pool.clone(),
+                given: spec.pool.clone(),
+            });
+        }
+        // The kind's own limit bounds every attempt: the core's deadline must not be later.
+        let kind_limit = info.max_runtime.as_millis() as Millis;
+        if kind_limit > 0 && spec.max_runtime_ms > kind_limit {
+            spec.max_runtime_ms = kind_limit;
+        }
+        for follow in spec.on_success.iter_mut().chain(spec.on_failure.iter_mut()) {
+            self.prepare_one(follow)?;
+        }
+        Ok(())
+    }
+
+    /// Hands out assignments while slots are free.
+    fn dispatch(&mut self, now: Millis) -> Vec<Job> {
+        let mut jobs = Vec::new();
+        for p in 0..self.pools.len() {
+            while self.core.free_slots(&self.pools[p]) > 0 {
+                let Some(a) = self.core.next_assignment(now, &self.pools[p]) else {
+                    break;
+                };
+                let mut carry = Carry::default();
+                if self.carried.contains(&a.id) {
+                    match self.storage.carry(a.id) {
+                        Ok(Some(c)) => carry = c,
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(task = a.id, error = %e, "cannot read checkpoint")
+                        }
+                    }
+                }
+                if a.attempt == 1 {
+                    if let Some(ready) = self.core.task(a.id).and_then(|t| t.ready_since) {
+                        self.metrics
+                            .observe_wait(&a.group, &a.kind, a.assigned_at.saturating_sub(ready));
+                    }
+                }
+                let context: BTreeMap<String, String> = carry
+                    .context
+                    .as_deref()
+                    .and_then(|c| serde_json::from_str(c).ok())
+                    .unwrap_or_default();
+                self.running.insert(
+                    a.id,
+                    RunningJob {
+                        attempt: a.attempt,
+                    },
+                );
+                jobs.push(Job {
+                    id: a.id,
+                    attempt: a.attempt,
+                    kind: a.kind,
+                    group: a.group,
+                    payload: a.payload,
+                    checkpoint: carry.checkpoint,
+                    context,
+                    time_limit: Duration::from_millis(a.deadline.saturating_sub(now)),
+                    deadline: a.deadline,
+                });
+            }
+        }
+        jobs
+    }
+
+    /// Applies an attempt's end: its checkpoint and context, then the report.
+    fn finish(
+        &mut self,
+        now: Millis,
+        job: &Job,
+        result: JobResult,
+        batch: &mut Batch,
+        outputs: &mut HashMap<TaskId, Vec<u8>>,
+        progress: &mut HashMap<TaskId, f32>,
+    ) {
+        let id = job.id;
+        tracing::debug!(task = id, attempt = job.attempt, kind = %job.kind, outcome = %result.summary, "attempt ended");
+        if self.running.get(&id).is_some_and(|r| r.attempt == job.attempt) {
+            self.running.remove(&id);
+        }
+        self.metrics.count_attempt();
+        if result.outcome.counts_as_failure() && !matches!(result.outcome, AttemptOutcome::Interrupted) {
+            self.metrics.count_failure(&job.group, &job.kind);
+        }
+        if result.checkpoint.is_some() || !result.context.is_empty() || self.carried.contains(&id) {
+            let context = serde_json::to_string(&result.context).ok();
+            batch.carries.push((
+                id,
+                Carry {
+                    checkpoint: result.checkpoint.clone(),
+                    context,
+                },
+            ));
+            self.carried.insert(id);
+        }
+        if let Some(p) = result.progress {
+            progress.insert(id, p);
+        }
+        if let AttemptOutcome::Success { output } = &result.outcome {
+            outputs.insert(id, output.clone());
+        }
+        batch.attempts.push(AttemptRow {
+            id,
+            attempt: job.attempt,
+            outcome: result.summary.clone(),
+            cleanup: result.cleanup.clone(),
+            elapsed_us: result.elapsed.as_micros() as u64,
+        });
+        // A timeout is reported no earlier than the core's deadline, so that the core has
+        // requested the interrupt the attempt answers.
+        let at = if result.timed_out {
+            now.max(job.deadline)
+        } else {
+            now
+        };
+        let _ = self
+            .core
+            .report(at, id, job.attempt, Report::Finished(result.outcome));
+    }
+
+    /// Task rows and counters from the step's events.
+    fn collect(
+        &mut self,
+        now: Millis,
+        batch: &mut Batch,
+        mut outputs: HashMap<TaskId, Vec<u8>>,
+        mut progress: HashMap<TaskId, f32>,
+    ) {
+        let mut touched: Vec<TaskId> = Vec::new();
+        for e in &batch.events {
+            match &e.kind {
+                EventKind::InterruptRequested { reason, .. } => {
+                    self.metrics.count_interrupt(match reason {
+                        InterruptReason::Timeout => "timeout",
+                        InterruptReason::Cancel => "cancel",
+                    })
+                }
+                EventKind::RetryScheduled { .. } => self.metrics.count_retry(),
+                EventKind::Succeeded { id }
+                | EventKind::Failed { id, .. }
+                | EventKind::Cancelled { id, .. } => {
+                    if self.carried.remove(id) {
+                        batch.drop_carries.push(*id);
+                    }
+                    self.running.remove(id);
+                }
+                _ => {}
+            }
+            if let Some(id) = e.kind.task() {
+                if touched.last() != Some(&id) {
+                    touched.push(id);
+                }
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for id in touched {
+            let Some(t) = self.core.task(id) else { continue };
+            batch.tasks.push(TaskRow {
+                id,
+                kind: t.kind,
+                group: t.group,
+                state: t.state.as_str().to_string(),
+                attempt: t.attempt,
+                updated_at: now,
+                reason: t.reason,
+                output: outputs.remove(&id),
+                progress: progress.remove(&id),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::fake::FakeExecutor;
+    use crate::storage::SqliteStorage;
+    use handyman_core::TaskState;
+
+    fn config(slots: u32) -> DriverConfig {
+        DriverConfig {
+            default_slots: slots,
+            ..DriverConfig::default()
+        }
+    }
+
+    fn executor() -> Arc<dyn Executor> {
+        Arc::new(
+            FakeExecutor::new()
+                .with("echo", "default", FakeExecutor::echo())
+                .with("spin", "default", FakeExecutor::spin()),
+        )
+    }
+
+    fn state(h: &DriverHandle, id: TaskId) -> Option<TaskState> {
+        h.query_blocking(move |ctx| ctx.core.state_of(id)).flatten()
+    }
+
+    fn wait_for(h: &DriverHandle, id: TaskId, want: TaskState) {
+        let start = Instant::now();
+        while state(h, id) != Some(want) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "task {id} never became {want}: {:?}",
+                state(h, id)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn submit(h: &DriverHandle, specs: Vec<TaskSpec>) -> Result<Vec<SubmitOutcome>, SubmitRejection> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(h.submit(specs))
+    }
+
+    #[test]
+    fn submitted_tasks_run_and_their_output_is_stored() {
+        let dir = tempfile::tempdir().expect("dir");
+        let storage = Box::new(SqliteStorage::open(dir.path()).expect("open"));
+        let running = start(storage, executor(), config(2)).expect("start");
+        let h = running.handle.clone();
+        let ids = submit(&h, vec![TaskSpec::new("echo").payload("hi"); 5]).expect("accepted");
+        for o in &ids {
+            wait_for(&h, o.id(), TaskState::Succeeded);
+        }
+        let row = h
+            .query_blocking(move |ctx| ctx.storage.task_row(1))
+            .expect("query")
+            .expect("row")
+            .expect("present");
+        assert_eq!(row.output.as_deref(), Some(&b"hi"[..]));
+        h.shutdown_blocking();
+        running.join();
+    }
+
+    #[test]
+    fn an_unknown_kind_is_refused_with_the_known_ones() {
+        let dir = tempfile::tempdir().expect("dir");
+        let storage = Box::new(SqliteStorage::open(dir.path()).expect("open"));
+        let running = start(storage, executor(), config(1)).expect("start");
+        let err = submit(&running.handle, vec![TaskSpec::new("nope")]).expect_err("refused");
+        assert!(err.to_string().contains("echo, spin"), "{err}");
+        running.handle.shutdown_blocking();
+        running.join();
+    }
+
+    #[test]
+    fn cancel_stops_a_running_attempt_and_a_restart_recovers_everything() {
+        let dir = tempfile::tempdir().expect("dir");
+        let storage = Box::new(SqliteStorage::open(dir.path()).expect("open"));
+        let running = start(storage, executor(), config(1)).expect("start");
+        let h = running.handle.clone();
+        let spin = submit(&h, vec![TaskSpec::new("spin")]).expect("ok")[0].id();
+        let queued = submit(&h, vec![TaskSpec::new("echo")]).expect("ok")[0].id();
+        wait_for(&h, spin, TaskState::Running);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let outcome = rt.block_on(h.cancel(spin)).expect("answer").expect("known");
+        assert_eq!(outcome, CancelOutcome::Interrupting);
+        wait_for(&h, spin, TaskState::Cancelled);
+        wait_for(&h, queued, TaskState::Succeeded);
+        // A spinning task at shutdown is stopped as "continue later" and runs again after.
+        let again = submit(&h, vec![TaskSpec::new("spin").max_runtime_ms(300)]).expect("ok")[0].id();
+        wait_for(&h, again, TaskState::Running);
+        h.shutdown_blocking();
+        running.join();
+
+        let storage = Box::new(SqliteStorage::open(dir.path()).expect("reopen"));
+        let running = start(storage, executor(), config(1)).expect("restart");
+        let h = running.handle.clone();
+        assert_eq!(state(&h, spin), Some(TaskState::Cancelled));
+        assert_eq!(state(&h, queued), Some(TaskState::Succeeded));
+        let view = h
+            .query_blocking(move |ctx| ctx.core.task(again))
+            .flatten()
+            .expect("known");
+        assert_eq!(view.failures, 0, "a shutdown is not a failure: {view:?}");
+        h.shutdown_blocking();
+        running.join();
+    }
+}

@@ -1,0 +1,428 @@
+//! Durable storage: the journal, the task table and the checkpoints.
+//!
+//! The driver writes everything one batch of commands produced in one [`Storage::commit`]:
+//! the journal events the core drained, the rows of the tasks they touched, and the
+//! checkpoints and contexts that finished attempts left. A submit is acknowledged only after
+//! that commit returned. [`SqliteStorage`] is the embedded default; the trait is what a
+//! PostgreSQL backend would implement.
+
+use std::path::{Path, PathBuf};
+
+use handyman_core::{Event, TaskId};
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// Why storage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("journal batch starting at event {first_seq} cannot be decoded: {source}")]
+    Decode {
+        first_seq: u64,
+        source: serde_json::Error,
+    },
+    #[error("cannot encode journal events: {0}")]
+    Encode(serde_json::Error),
+    #[error("journal replay stopped: {0}")]
+    Replay(String),
+}
+
+/// One task's row in the task table, as of a commit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskRow {
+    pub id: TaskId,
+    pub kind: String,
+    pub group: String,
+    pub state: String,
+    pub attempt: u32,
+    pub updated_at: u64,
+    pub reason: Option<String>,
+    /// Set when the task succeeded.
+    pub output: Option<Vec<u8>>,
+    /// The last progress its handler reported.
+    pub progress: Option<f32>,
+}
+
+/// What a task carries from one attempt to the next.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Carry {
+    pub checkpoint: Option<Vec<u8>>,
+    /// The context key-values, as a JSON object.
+    pub context: Option<String>,
+}
+
+/// How an attempt ended, as the host saw it (beyond what the core journals): the runtime's
+/// own words, and what became of the cleanup it called.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttemptRow {
+    pub id: TaskId,
+    pub attempt: u32,
+    pub outcome: String,
+    pub cleanup: Option<String>,
+    pub elapsed_us: u64,
+}
+
+/// Everything one driver step writes, in one transaction.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub events: Vec<Event>,
+    pub tasks: Vec<TaskRow>,
+    pub carries: Vec<(TaskId, Carry)>,
+    /// Carries of tasks that reached a terminal state: no attempt will need them.
+    pub drop_carries: Vec<TaskId>,
+    pub attempts: Vec<AttemptRow>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+            && self.tasks.is_empty()
+            && self.carries.is_empty()
+            && self.drop_carries.is_empty()
+            && self.attempts.is_empty()
+    }
+}
+
+/// Durable storage of one host.
+pub trait Storage: Send {
+    /// A setting stored at first start (the core config, the clock's epoch).
+    fn meta(&mut self, key: &str) -> Result<Option<String>, StorageError>;
+    fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StorageError>;
+    /// Streams every journal event, in order, into `sink`.
+    fn load_journal(
+        &mut self,
+        sink: &mut dyn FnMut(Event) -> Result<(), String>,
+    ) -> Result<u64, StorageError>;
+    /// Writes a batch atomically and durably.
+    fn commit(&mut self, batch: &Batch) -> Result<(), StorageError>;
+    fn task_row(&mut self, id: TaskId) -> Result<Option<TaskRow>, StorageError>;
+    fn carry(&mut self, id: TaskId) -> Result<Option<Carry>, StorageError>;
+    /// Ids of the tasks that carry a checkpoint or context.
+    fn carried_ids(&mut self) -> Result<Vec<TaskId>, StorageError>;
+    fn attempts(&mut self, id: TaskId) -> Result<Vec<AttemptRow>, StorageError>;
+}
+
+/// SQLite in WAL mode with `synchronous = FULL`: a commit is on disk when it returns.
+///
+/// Schema:
+/// - `meta(key TEXT PRIMARY KEY, value TEXT)`
+/// - `journal(first_seq INTEGER PRIMARY KEY, last_seq INTEGER, events BLOB)`: one row per
+///   commit, the events as a JSON array (group commit writes one row, not one per event).
+/// - `tasks(id INTEGER PRIMARY KEY, kind, grp, state, attempt, updated_at, reason, output
+///   BLOB, progress REAL)`: the latest state of each task, for operators and outputs.
+/// - `carries(task_id INTEGER PRIMARY KEY, checkpoint BLOB, context TEXT)`: what an
+///   unfinished task hands its next attempt.
+/// - `attempts(task_id, attempt, outcome, cleanup, elapsed_us, PRIMARY KEY(task_id,
+///   attempt))`: the host's record of each attempt's end and its cleanup.
+pub struct SqliteStorage {
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS journal (
+    first_seq INTEGER PRIMARY KEY,
+    last_seq INTEGER NOT NULL,
+    events BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    reason TEXT,
+    output BLOB,
+    progress REAL
+);
+CREATE TABLE IF NOT EXISTS carries (
+    task_id INTEGER PRIMARY KEY,
+    checkpoint BLOB,
+    context TEXT
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    task_id INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    cleanup TEXT,
+    elapsed_us INTEGER NOT NULL,
+    PRIMARY KEY (task_id, attempt)
+);
+";
+
+impl SqliteStorage {
+    /// Opens (or creates) `DIR/handyman.db`.
+    pub fn open(dir: &Path) -> Result<SqliteStorage, StorageError> {
+        let path = dir.join("handyman.db");
+        let open_err = |source| StorageError::Open {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "cache_size", -65536)
+            .map_err(open_err)?;
+        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        Ok(SqliteStorage { conn })
+    }
+}
+
+/// Encodes a batch of events as the journal stores them.
+pub fn encode_events(events: &[Event]) -> Result<Vec<u8>, StorageError> {
+    serde_json::to_vec(events).map_err(StorageError::Encode)
+}
+
+impl Storage for SqliteStorage {
+    fn meta(&mut self, key: &str) -> Result<Option<String>, StorageError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StorageError> {
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    fn load_journal(
+        &mut self,
+        sink: &mut dyn FnMut(Event) -> Result<(), String>,
+    ) -> Result<u64, StorageError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT first_seq, events FROM journal ORDER BY first_seq")?;
+        let mut rows = stmt.query([])?;
+        let mut count = 0;
+        while let Some(row) = rows.next()? {
+            let first_seq: i64 = row.get(0)?;
+            let blob = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+            let events: Vec<Event> =
+                serde_json::from_slice(blob).map_err(|source| StorageError::Decode {
+                    first_seq: first_seq as u64,
+                    source,
+                })?;
+            for event in events {
+                count += 1;
+                sink(event).map_err(StorageError::Replay)?;
+            }
+        }
+        Ok(count)
+    }
+
+    fn commit(&mut self, batch: &Batch) -> Result<(), StorageError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        if let (Some(first), Some(last)) = (batch.events.first(), batch.events.last()) {
+            let blob = encode_events(&batch.events)?;
+            tx.prepare_cached("INSERT INTO journal(first_seq, last_seq, events) VALUES (?1, ?2, ?3)")?
+                .execute(params![first.seq as i64, last.seq as i64, blob])?;
+        }
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO tasks(id, kind, grp, state, attempt, updated_at, reason, output, progress)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT(id) DO UPDATE SET state = excluded.state, attempt = excluded.attempt,
+                   updated_at = excluded.updated_at, reason = excluded.reason,
+                   output = COALESCE(excluded.output, tasks.output),
+                   progress = COALESCE(excluded.progress, tasks.progress)",
+            )?;
+            for t in &batch.tasks {
+                stmt.execute(params![
+                    t.id as i64,
+                    t.kind,
+                    t.group,
+                    t.state,
+                    t.attempt,
+                    t.updated_at as i64,
+                    t.reason,
+                    t.output,
+                    t.progress.map(f64::from),
+                ])?;
+            }
+        }
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO carries(task_id, checkpoint, context) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(task_id) DO UPDATE SET
+                   checkpoint = COALESCE(excluded.checkpoint, carries.checkpoint),
+                   context = excluded.context",
+            )?;
+            for (id, carry) in &batch.carries {
+                stmt.execute(params![*id as i64, carry.checkpoint, carry.context])?;
+            }
+            let mut del = tx.prepare_cached("DELETE FROM carries WHERE task_id = ?1")?;
+            for id in &batch.drop_carries {
+                del.execute([*id as i64])?;
+            }
+        }
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO attempts(task_id, attempt, outcome, cleanup, elapsed_us)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for a in &batch.attempts {
+                stmt.execute(params![
+                    a.id as i64,
+                    a.attempt,
+                    a.outcome,
+                    a.cleanup,
+                    a.elapsed_us as i64
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn task_row(&mut self, id: TaskId) -> Result<Option<TaskRow>, StorageError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT id, kind, grp, state, attempt, updated_at, reason, output, progress
+                 FROM tasks WHERE id = ?1",
+            )?
+            .query_row([id as i64], |r| {
+                Ok(TaskRow {
+                    id: r.get::<_, i64>(0)? as u64,
+                    kind: r.get(1)?,
+                    group: r.get(2)?,
+                    state: r.get(3)?,
+                    attempt: r.get(4)?,
+                    updated_at: r.get::<_, i64>(5)? as u64,
+                    reason: r.get(6)?,
+                    output: r.get(7)?,
+                    progress: r.get::<_, Option<f64>>(8)?.map(|p| p as f32),
+                })
+            })
+            .optional()?)
+    }
+
+    fn carry(&mut self, id: TaskId) -> Result<Option<Carry>, StorageError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT checkpoint, context FROM carries WHERE task_id = ?1")?
+            .query_row([id as i64], |r| {
+                Ok(Carry {
+                    checkpoint: r.get(0)?,
+                    context: r.get(1)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn carried_ids(&mut self) -> Result<Vec<TaskId>, StorageError> {
+        let mut stmt = self.conn.prepare("SELECT task_id FROM carries")?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, i64>(0))?
+            .map(|r| r.map(|id| id as u64))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ids)
+    }
+
+    fn attempts(&mut self, id: TaskId) -> Result<Vec<AttemptRow>, StorageError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT attempt, outcome, cleanup, elapsed_us FROM attempts
+             WHERE task_id = ?1 ORDER BY attempt",
+        )?;
+        let rows = stmt
+            .query_map([id as i64], |r| {
+                Ok(AttemptRow {
+                    id,
+                    attempt: r.get(0)?,
+                    outcome: r.get(1)?,
+                    cleanup: r.get(2)?,
+                    elapsed_us: r.get::<_, i64>(3)? as u64,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use handyman_core::{EventKind, TaskSpec};
+
+    fn submitted(seq: u64, id: TaskId) -> Event {
+        Event {
+            seq,
+            at: seq * 10,
+            kind: EventKind::Submitted {
+                id,
+                spec: Box::new(TaskSpec::new("echo")),
+                parent: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_committed_batch_is_there_after_reopening() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let mut s = SqliteStorage::open(dir.path()).expect("open");
+            s.set_meta("epoch", "42").expect("meta");
+            let batch = Batch {
+                events: vec![submitted(1, 1), submitted(2, 2)],
+                tasks: vec![TaskRow {
+                    id: 1,
+                    kind: "echo".into(),
+                    group: "default".into(),
+                    state: "queued".into(),
+                    attempt: 0,
+                    updated_at: 10,
+                    reason: None,
+                    output: None,
+                    progress: None,
+                }],
+                carries: vec![(
+                    1,
+                    Carry {
+                        checkpoint: Some(b"cp".to_vec()),
+                        context: Some("{}".into()),
+                    },
+                )],
+                ..Batch::default()
+            };
+            s.commit(&batch).expect("commit");
+            s.commit(&Batch {
+                events: vec![submitted(3, 3)],
+                ..Batch::default()
+            })
+            .expect("commit");
+        }
+        let mut s = SqliteStorage::open(dir.path()).expect("reopen");
+        assert_eq!(s.meta("epoch").expect("meta").as_deref(), Some("42"));
+        let mut seqs = Vec::new();
+        let n = s
+            .load_journal(&mut |e| {
+                seqs.push(e.seq);
+                Ok(())
+            })
+            .expect("load");
+        assert_eq!(n, 3);
+        assert_eq!(seqs, vec![1, 2, 3]);
+        assert_eq!(s.task_row(1).expect("row").map(|r| r.state), Some("queued".into()));
+        assert_eq!(
+            s.carry(1).expect("carry").and_then(|c| c.checkpoint),
+            Some(b"cp".to_vec())
+        );
+        assert_eq!(s.carried_ids().expect("ids"), vec![1]);
+    }
+}
