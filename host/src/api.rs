@@ -343,13 +343,20 @@ async fn list(
         .driver
         .query(move |ctx| {
             let ids: Box<dyn Iterator<Item = TaskId>> = match wanted_state {
-                Some(s) => Box::new(ctx.core.tasks_in(s).into_iter().filter(move |id| *id > after)),
+                Some(s) => Box::new(
+                    ctx.core
+                        .tasks_in(s)
+                        .into_iter()
+                        .filter(move |id| *id > after),
+                ),
                 None => Box::new((after + 1)..=ctx.core.task_count()),
             };
             let mut out = Vec::new();
             let mut more = false;
             for id in ids {
-                let Some(view) = ctx.core.task(id) else { continue };
+                let Some(view) = ctx.core.task(id) else {
+                    continue;
+                };
                 if params.group.as_ref().is_some_and(|g| *g != view.group)
                     || params.kind.as_ref().is_some_and(|k| *k != view.kind)
                 {
@@ -458,9 +465,5 @@ async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult
         .query(|ctx| ctx.metrics.render(ctx.core, ctx.now))
         .await
         .ok_or_else(ApiError::unavailable)?;
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        text,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

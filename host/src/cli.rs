@@ -15,7 +15,11 @@ use crate::client::{Client, ClientError};
 use crate::server::{self, ServeOptions};
 
 #[derive(Parser, Debug)]
-#[command(name = "handyman", version, about = "Handyman: background tasks run as sandboxed WASM handlers")]
+#[command(
+    name = "handyman",
+    version,
+    about = "Handyman: background tasks run as sandboxed WASM handlers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,7 +28,12 @@ struct Cli {
 #[derive(Args, Debug, Clone)]
 struct ClientOpts {
     /// The server's URL.
-    #[arg(long, global = true, default_value = "http://127.0.0.1:7411", env = "HANDYMAN_SERVER")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "http://127.0.0.1:7411",
+        env = "HANDYMAN_SERVER"
+    )]
     server: String,
     /// A file holding the bearer token the server wants.
     #[arg(long, global = true, env = "HANDYMAN_TOKEN_FILE")]
@@ -48,6 +57,9 @@ enum Command {
         /// Requests must carry `Authorization: Bearer <the file's content>`.
         #[arg(long)]
         token_file: Option<PathBuf>,
+        /// Where compiled components are cached (default: DATA_DIR/compiled).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
     },
     /// Submit a task; prints its id.
     Submit {
@@ -140,7 +152,9 @@ fn client(opts: &ClientOpts) -> Result<Client, ClientError> {
     let token = match &opts.token_file {
         Some(p) => Some(
             std::fs::read_to_string(p)
-                .map_err(|e| ClientError::Usage(format!("cannot read token file {}: {e}", p.display())))?
+                .map_err(|e| {
+                    ClientError::Usage(format!("cannot read token file {}: {e}", p.display()))
+                })?
                 .trim()
                 .to_string(),
         ),
@@ -162,6 +176,7 @@ fn run(command: Command) -> Result<ExitCode, Box<dyn std::error::Error>> {
             plugins,
             listen,
             token_file,
+            cache_dir,
         } => {
             server::serve(ServeOptions {
                 config,
@@ -169,6 +184,7 @@ fn run(command: Command) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 plugins,
                 listen,
                 token_file,
+                cache_dir,
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -266,7 +282,10 @@ fn run(command: Command) -> Result<ExitCode, Box<dyn std::error::Error>> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&Value::Array(all))?);
             } else {
-                println!("{:>8}  {:<10}  {:<16}  {:<16}  {:>7}", "ID", "STATE", "KIND", "GROUP", "ATTEMPT");
+                println!(
+                    "{:>8}  {:<10}  {:<16}  {:<16}  {:>7}",
+                    "ID", "STATE", "KIND", "GROUP", "ATTEMPT"
+                );
                 for t in &all {
                     println!(
                         "{:>8}  {:<10}  {:<16}  {:<16}  {:>7}",
@@ -349,7 +368,10 @@ fn print_status(t: &Value) {
     println!("pool:      {}", s("pool"));
     println!("state:     {}", s("state"));
     println!("attempt:   {}", t["attempt"]);
-    println!("failures:  {} of {} retries", t["failures"], t["max_retries"]);
+    println!(
+        "failures:  {} of {} retries",
+        t["failures"], t["max_retries"]
+    );
     if let Some(r) = t["reason"].as_str() {
         println!("reason:    {r}");
     }

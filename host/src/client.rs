@@ -45,7 +45,10 @@ impl Client {
         (req, url)
     }
 
-    fn answer(url: &str, result: Result<ureq::Response, ureq::Error>) -> Result<String, ClientError> {
+    fn answer(
+        url: &str,
+        result: Result<ureq::Response, ureq::Error>,
+    ) -> Result<String, ClientError> {
         match result {
             Ok(resp) => resp
                 .into_string()

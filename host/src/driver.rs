@@ -257,13 +257,16 @@ pub fn start(
             .map_err(|e| StartError::StoredConfig(e.to_string()))?,
         None => {
             let c = config.core.clone().unwrap_or_default();
-            let text = serde_json::to_string(&c)
-                .map_err(|e| StartError::StoredConfig(e.to_string()))?;
+            let text =
+                serde_json::to_string(&c).map_err(|e| StartError::StoredConfig(e.to_string()))?;
             storage.set_meta("core_config", &text)?;
             c
         }
     };
-    let epoch = match storage.meta("epoch_unix_ms")?.and_then(|t| t.parse::<u64>().ok()) {
+    let epoch = match storage
+        .meta("epoch_unix_ms")?
+        .and_then(|t| t.parse::<u64>().ok())
+    {
         Some(e) => e,
         None => {
             let e = unix_ms();
@@ -272,9 +275,8 @@ pub fn start(
         }
     };
     let mut core = Core::new(core_config);
-    let events = storage.load_journal(&mut |event| {
-        core.replay_event(&event).map_err(|e| e.to_string())
-    })?;
+    let events =
+        storage.load_journal(&mut |event| core.replay_event(&event).map_err(|e| e.to_string()))?;
     let clock = Clock::new(epoch, core.now());
     let now = clock.now();
 
@@ -290,7 +292,11 @@ pub fn start(
     if pools.is_empty() {
         pools.insert(DEFAULT_POOL.to_string(), config.default_slots);
     }
-    let current: HashMap<String, u32> = core.pools().into_iter().map(|p| (p.name, p.slots)).collect();
+    let current: HashMap<String, u32> = core
+        .pools()
+        .into_iter()
+        .map(|p| (p.name, p.slots))
+        .collect();
     for (pool, slots) in &pools {
         if current.get(pool) != Some(slots) {
             core.set_pool_slots(now, pool, *slots);
@@ -477,24 +483,22 @@ impl Driver {
                     self.finish(now, &job, result, &mut batch, &mut outputs, &mut progress)
                 }
                 Command::Query(q) => queries.push(q),
-                Command::Shutdown { reply } => {
-                    match &mut self.shutting_down {
-                        Some((_, replies)) => replies.push(reply),
-                        None => {
-                            tracing::info!(
-                                running = self.running.len(),
-                                "shutting down: stopping running attempts"
-                            );
-                            self.executor.stop_all(StopReason::Shutdown);
-                            self.shutting_down = Some((Instant::now(), vec![reply]));
-                        }
+                Command::Shutdown { reply } => match &mut self.shutting_down {
+                    Some((_, replies)) => replies.push(reply),
+                    None => {
+                        tracing::info!(
+                            running = self.running.len(),
+                            "shutting down: stopping running attempts"
+                        );
+                        self.executor.stop_all(StopReason::Shutdown);
+                        self.shutting_down = Some((Instant::now(), vec![reply]));
                     }
-                }
+                },
             }
         }
         self.core.tick(now);
         let jobs = if self.shutting_down.is_none() {
-            self.dispatch(now)
+            self.dispatch(now, &batch)
         } else {
             Vec::new()
         };
@@ -580,7 +584,9 @@ impl Driver {
     }
 
     /// Hands out assignments while slots are free.
-    fn dispatch(&mut self, now: Millis) -> Vec<Job> {
+    /// `pending` holds what this step will commit: a checkpoint saved by an attempt that
+    /// ended in this step is there, not in storage yet.
+    fn dispatch(&mut self, now: Millis, pending: &Batch) -> Vec<Job> {
         let mut jobs = Vec::new();
         for p in 0..self.pools.len() {
             while self.core.free_slots(&self.pools[p]) > 0 {
@@ -596,11 +602,20 @@ impl Driver {
                             tracing::warn!(task = a.id, error = %e, "cannot read checkpoint")
                         }
                     }
+                    for (_, c) in pending.carries.iter().filter(|(id, _)| *id == a.id) {
+                        if c.checkpoint.is_some() {
+                            carry.checkpoint = c.checkpoint.clone();
+                        }
+                        carry.context = c.context.clone();
+                    }
                 }
                 if a.attempt == 1 {
                     if let Some(ready) = self.core.task(a.id).and_then(|t| t.ready_since) {
-                        self.metrics
-                            .observe_wait(&a.group, &a.kind, a.assigned_at.saturating_sub(ready));
+                        self.metrics.observe_wait(
+                            &a.group,
+                            &a.kind,
+                            a.assigned_at.saturating_sub(ready),
+                        );
                     }
                 }
                 let context: BTreeMap<String, String> = carry
@@ -608,12 +623,7 @@ impl Driver {
                     .as_deref()
                     .and_then(|c| serde_json::from_str(c).ok())
                     .unwrap_or_default();
-                self.running.insert(
-                    a.id,
-                    RunningJob {
-                        attempt: a.attempt,
-                    },
-                );
+                self.running.insert(a.id, RunningJob { attempt: a.attempt });
                 jobs.push(Job {
                     id: a.id,
                     attempt: a.attempt,
@@ -642,11 +652,17 @@ impl Driver {
     ) {
         let id = job.id;
         tracing::debug!(task = id, attempt = job.attempt, kind = %job.kind, outcome = %result.summary, "attempt ended");
-        if self.running.get(&id).is_some_and(|r| r.attempt == job.attempt) {
+        if self
+            .running
+            .get(&id)
+            .is_some_and(|r| r.attempt == job.attempt)
+        {
             self.running.remove(&id);
         }
         self.metrics.count_attempt();
-        if result.outcome.counts_as_failure() && !matches!(result.outcome, AttemptOutcome::Interrupted) {
+        if result.outcome.counts_as_failure()
+            && !matches!(result.outcome, AttemptOutcome::Interrupted)
+        {
             self.metrics.count_failure(&job.group, &job.kind);
         }
         if result.checkpoint.is_some() || !result.context.is_empty() || self.carried.contains(&id) {
@@ -722,7 +738,9 @@ impl Driver {
         touched.sort_unstable();
         touched.dedup();
         for id in touched {
-            let Some(t) = self.core.task(id) else { continue };
+            let Some(t) = self.core.task(id) else {
+                continue;
+            };
             batch.tasks.push(TaskRow {
                 id,
                 kind: t.kind,
@@ -776,7 +794,10 @@ mod tests {
         }
     }
 
-    fn submit(h: &DriverHandle, specs: Vec<TaskSpec>) -> Result<Vec<SubmitOutcome>, SubmitRejection> {
+    fn submit(
+        h: &DriverHandle,
+        specs: Vec<TaskSpec>,
+    ) -> Result<Vec<SubmitOutcome>, SubmitRejection> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
@@ -831,7 +852,8 @@ mod tests {
         wait_for(&h, spin, TaskState::Cancelled);
         wait_for(&h, queued, TaskState::Succeeded);
         // A spinning task at shutdown is stopped as "continue later" and runs again after.
-        let again = submit(&h, vec![TaskSpec::new("spin").max_runtime_ms(300)]).expect("ok")[0].id();
+        let again =
+            submit(&h, vec![TaskSpec::new("spin").max_runtime_ms(300)]).expect("ok")[0].id();
         wait_for(&h, again, TaskState::Running);
         h.shutdown_blocking();
         running.join();

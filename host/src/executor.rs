@@ -114,7 +114,8 @@ pub mod fake {
     use std::time::Instant;
 
     /// A handler: gets the job and a way to ask whether it was stopped.
-    pub type Handler = Arc<dyn Fn(&Job, &dyn Fn() -> Option<StopReason>) -> JobResult + Send + Sync>;
+    pub type Handler =
+        Arc<dyn Fn(&Job, &dyn Fn() -> Option<StopReason>) -> JobResult + Send + Sync>;
 
     #[derive(Default)]
     pub struct FakeExecutor {

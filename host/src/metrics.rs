@@ -110,7 +110,10 @@ impl Metrics {
             );
         }
         let groups = core.groups(now);
-        let _ = writeln!(out, "# HELP handyman_group_running Attempts running, by group.");
+        let _ = writeln!(
+            out,
+            "# HELP handyman_group_running Attempts running, by group."
+        );
         let _ = writeln!(out, "# TYPE handyman_group_running gauge");
         for g in &groups {
             let _ = writeln!(
@@ -164,7 +167,10 @@ impl Metrics {
                 esc(kind)
             );
         }
-        let _ = writeln!(out, "# HELP handyman_interrupts_total Interrupts requested, by reason.");
+        let _ = writeln!(
+            out,
+            "# HELP handyman_interrupts_total Interrupts requested, by reason."
+        );
         let _ = writeln!(out, "# TYPE handyman_interrupts_total counter");
         for reason in ["timeout", "cancel"] {
             let n = self.interrupts.get(reason).copied().unwrap_or(0);

@@ -20,6 +20,8 @@ pub struct ServeOptions {
     pub plugins: PathBuf,
     pub listen: String,
     pub token_file: Option<PathBuf>,
+    /// Where compiled components are cached; `DATA_DIR/compiled` by default.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -94,11 +96,16 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     };
     let default_slots = ServerConfig::default_slots();
     let total_slots: u32 = config.pools.values().map(|p| p.slots).sum::<u32>() + default_slots;
-    let cache = opts.data_dir.join("compiled");
-    let executor = WasmExecutor::load(&opts.plugins, Some(&cache), total_slots * 2 + 8)
-        .map_err(|source| ServeError::Plugins {
-            path: opts.plugins.clone(),
-            source,
+    let cache = opts
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| opts.data_dir.join("compiled"));
+    let executor =
+        WasmExecutor::load(&opts.plugins, Some(&cache), total_slots * 2 + 8).map_err(|source| {
+            ServeError::Plugins {
+                path: opts.plugins.clone(),
+                source,
+            }
         })?;
     for k in executor.kinds() {
         tracing::info!(kind = %k.name, pool = %k.pool, loaded = k.load_error.is_none(), "kind");

@@ -230,8 +230,10 @@ impl Storage for SqliteStorage {
         let tx = self.conn.transaction()?;
         if let (Some(first), Some(last)) = (batch.events.first(), batch.events.last()) {
             let blob = encode_events(&batch.events)?;
-            tx.prepare_cached("INSERT INTO journal(first_seq, last_seq, events) VALUES (?1, ?2, ?3)")?
-                .execute(params![first.seq as i64, last.seq as i64, blob])?;
+            tx.prepare_cached(
+                "INSERT INTO journal(first_seq, last_seq, events) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![first.seq as i64, last.seq as i64, blob])?;
         }
         {
             let mut stmt = tx.prepare_cached(
@@ -418,7 +420,10 @@ mod tests {
             .expect("load");
         assert_eq!(n, 3);
         assert_eq!(seqs, vec![1, 2, 3]);
-        assert_eq!(s.task_row(1).expect("row").map(|r| r.state), Some("queued".into()));
+        assert_eq!(
+            s.task_row(1).expect("row").map(|r| r.state),
+            Some("queued".into())
+        );
         assert_eq!(
             s.carry(1).expect("carry").and_then(|c| c.checkpoint),
             Some(b"cp".to_vec())

@@ -94,7 +94,12 @@ impl Executor for WasmExecutor {
             log_guest_line(&job, line);
         }
         if result.logs_dropped > 0 {
-            tracing::warn!(task = job.id, attempt = job.attempt, dropped = result.logs_dropped, "guest log lines dropped");
+            tracing::warn!(
+                task = job.id,
+                attempt = job.attempt,
+                dropped = result.logs_dropped,
+                "guest log lines dropped"
+            );
         }
         let cleanup = result.outcome.cleanup_reason().map(|reason| {
             match self
