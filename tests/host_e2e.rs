@@ -503,7 +503,7 @@ fn malformed_requests_get_4xx_with_a_useful_message() {
         ("POST", "/v1/tasks", Some(r#"{"kind":"echo","depends_on":[{"task":999}]}"#.into()), 400, "task 999 does not exist"),
         ("POST", "/v1/tasks", Some(r#"[{"kind":"echo","depends_on":[{"batch":1}]},{"kind":"echo","depends_on":[{"batch":0}]}]"#.into()), 400, "cycle"),
         ("POST", "/v1/tasks", Some("[]".into()), 400, "empty array"),
-        ("POST", "/v1/tasks", Some(format!("[{}]", vec![r#"{"kind":"echo"}"#; 11].join(","))), 413, "limit of 10"),
+        ("POST", "/v1/tasks", Some(format!("[{}]", [r#"{"kind":"echo"}"#; 11].join(","))), 413, "limit of 10"),
         ("POST", "/v1/tasks", Some(format!(r#"{{"kind":"echo","payload":"{}"}}"#, "x".repeat(5000))), 413, "length limit"),
         ("GET", "/v1/tasks/abc", None, 400, "not a positive integer"),
         ("GET", "/v1/tasks/12345", None, 404, "task 12345 does not exist"),
