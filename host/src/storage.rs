@@ -202,25 +202,81 @@ impl Storage for SqliteStorage {
         &mut self,
         sink: &mut dyn FnMut(Event) -> Result<(), String>,
     ) -> Result<u64, StorageError> {
+        // Decoding runs on a thread of its own, reading and replay on this one: on a restart
+        // with a long journal decoding takes about as long as replay.
+        use crossbeam_channel::TrySendError;
+        type Decoded = Result<Vec<Event>, StorageError>;
         let mut stmt = self
             .conn
             .prepare("SELECT first_seq, events FROM journal ORDER BY first_seq")?;
         let mut rows = stmt.query([])?;
-        let mut count = 0;
-        while let Some(row) = rows.next()? {
-            let first_seq: i64 = row.get(0)?;
-            let blob = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
-            let events: Vec<Event> =
-                serde_json::from_slice(blob).map_err(|source| StorageError::Decode {
-                    first_seq: first_seq as u64,
-                    source,
-                })?;
-            for event in events {
-                count += 1;
-                sink(event).map_err(StorageError::Replay)?;
+        let (raw_tx, raw_rx) = crossbeam_channel::bounded::<(i64, Vec<u8>)>(32);
+        let (tx, rx) = crossbeam_channel::bounded::<Decoded>(32);
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                for (first_seq, blob) in raw_rx {
+                    let decoded = serde_json::from_slice::<Vec<Event>>(&blob).map_err(|source| {
+                        StorageError::Decode {
+                            first_seq: first_seq as u64,
+                            source,
+                        }
+                    });
+                    let failed = decoded.is_err();
+                    if tx.send(decoded).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            let mut count = 0u64;
+            let mut apply = |decoded: Decoded| -> Result<(), StorageError> {
+                for event in decoded? {
+                    count += 1;
+                    sink(event).map_err(StorageError::Replay)?;
+                }
+                Ok(())
+            };
+            let (mut sent, mut received) = (0usize, 0usize);
+            'rows: while let Some(row) = rows.next()? {
+                let first_seq: i64 = row.get(0)?;
+                let blob = row
+                    .get_ref(1)?
+                    .as_blob()
+                    .map_err(rusqlite::Error::from)?
+                    .to_vec();
+                let mut item = (first_seq, blob);
+                loop {
+                    match raw_tx.try_send(item) {
+                        Ok(()) => break,
+                        Err(TrySendError::Full(back)) => {
+                            item = back;
+                            // The decoder has work queued: it will answer.
+                            if let Ok(d) = rx.recv() {
+                                received += 1;
+                                apply(d)?;
+                            }
+                        }
+                        // The decoder stopped on an error: it is waiting in `rx`.
+                        Err(TrySendError::Disconnected(_)) => break 'rows,
+                    }
+                }
+                sent += 1;
+                while let Ok(d) = rx.try_recv() {
+                    received += 1;
+                    apply(d)?;
+                }
             }
-        }
-        Ok(count)
+            drop(raw_tx);
+            while received < sent {
+                match rx.recv() {
+                    Ok(d) => {
+                        received += 1;
+                        apply(d)?;
+                    }
+                    Err(_) => break,
+                }
+            }
+            Ok(count)
+        })
     }
 
     fn commit(&mut self, batch: &Batch) -> Result<(), StorageError> {

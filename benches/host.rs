@@ -1,0 +1,341 @@
+//! Host benchmarks: prints figures, does not time-test. Run with
+//! `HANDYMAN_PLUGINS_DIR=plugins/dist cargo bench --bench host` (add `-- quick` for a short
+//! run). Each figure is measured in this one run; see the README for the targets.
+//!
+//! 1. attempt: instantiate + call + teardown of the `noop` component (runtime only).
+//! 2. submit→start: in-process driver, idle, one task at a time (durable submit included).
+//! 3. end to end: the real `handyman serve` binary, noop tasks submitted through the HTTP
+//!    API in batches, until all have durably succeeded.
+//! 4. restart: a journal of 1,000,000 submitted tasks written through the storage layer,
+//!    then the driver's start (load + replay + recovery commit).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use handyman_core::{Core, CoreConfig, TaskId, TaskSpec};
+use handyman_host::driver::{self, DriverConfig};
+use handyman_host::executor::{Executor, Job, JobResult, KindInfo, StopReason};
+use handyman_host::runtime::{AttemptInput, Runtime, RuntimeConfig};
+use handyman_host::storage::{Batch, SqliteStorage, Storage};
+use handyman_host::wasm::WasmExecutor;
+use serde_json::{json, Value};
+
+fn plugins_dir() -> PathBuf {
+    let dir = std::env::var_os("HANDYMAN_PLUGINS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/dist"));
+    let noop = dir.join("noop.wasm");
+    assert!(
+        noop.is_file(),
+        "missing {}: build the example plugins (bash plugins/build.sh) or set HANDYMAN_PLUGINS_DIR",
+        noop.display()
+    );
+    dir
+}
+
+/// A plugins dir with only `noop`.
+fn noop_only(tmp: &Path) -> PathBuf {
+    let dir = tmp.join("plugins");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::os::unix::fs::symlink(plugins_dir().join("noop.wasm"), dir.join("noop.wasm"))
+        .expect("link");
+    dir
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn bench_attempt(tmp: &Path, n: usize) {
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(tmp.join("cache")),
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
+    runtime
+        .load_kind(&noop_only(tmp), "noop")
+        .expect("load noop");
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n + 1000 {
+        let start = Instant::now();
+        let r = runtime
+            .run_attempt(
+                "noop",
+                AttemptInput {
+                    task_id: i as u64,
+                    attempt: 1,
+                    ..AttemptInput::default()
+                },
+            )
+            .expect("run");
+        let d = start.elapsed();
+        assert!(matches!(
+            r.outcome,
+            handyman_host::runtime::AttemptOutcome::Done(_)
+        ));
+        if i >= 1000 {
+            times.push(d);
+        }
+    }
+    times.sort();
+    println!(
+        "attempt (noop: fresh Store, instantiate, call, teardown): n={n} p50={:.1} µs p99={:.1} µs (targets 5 / 10 µs)",
+        us(percentile(&times, 0.5)),
+        us(percentile(&times, 0.99))
+    );
+}
+
+/// Records when each attempt started.
+struct Recording {
+    inner: WasmExecutor,
+    started: Mutex<HashMap<TaskId, Instant>>,
+}
+
+impl Executor for Recording {
+    fn kinds(&self) -> Vec<KindInfo> {
+        self.inner.kinds()
+    }
+    fn run(&self, job: Job) -> JobResult {
+        self.started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(job.id, Instant::now());
+        self.inner.run(job)
+    }
+    fn stop(&self, id: TaskId, reason: StopReason) {
+        self.inner.stop(id, reason)
+    }
+    fn stop_all(&self, reason: StopReason) {
+        self.inner.stop_all(reason)
+    }
+}
+
+fn bench_submit_to_start(tmp: &Path, n: usize) {
+    let data = tmp.join("latency");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let exec = Arc::new(Recording {
+        inner: WasmExecutor::load(&noop_only(tmp), Some(&tmp.join("cache")), 8).expect("load"),
+        started: Mutex::new(HashMap::new()),
+    });
+    let running = driver::start(
+        Box::new(SqliteStorage::open(&data).expect("open")),
+        exec.clone(),
+        DriverConfig {
+            default_slots: 2,
+            ..DriverConfig::default()
+        },
+    )
+    .expect("start");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("tokio");
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let id = rt
+            .block_on(running.handle.submit(vec![TaskSpec::new("noop")]))
+            .expect("submit")[0]
+            .id();
+        let started = loop {
+            if let Some(s) = exec
+                .started
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&id)
+            {
+                break *s;
+            }
+            std::thread::yield_now();
+        };
+        times.push(started - t0);
+        // Idle between submits: let the attempt end and commit.
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    running.handle.shutdown_blocking();
+    running.join();
+    times.sort();
+    println!(
+        "submit→start (idle, durable submit, in-process): n={n} p50={:.2} ms p99={:.2} ms (target p99 5 ms)",
+        us(percentile(&times, 0.5)) / 1e3,
+        us(percentile(&times, 0.99)) / 1e3
+    );
+}
+
+fn bench_end_to_end(tmp: &Path, total: usize, batch: usize, clients: usize) {
+    let data = tmp.join("e2e-data");
+    let plugins = noop_only(tmp);
+    let cfg = tmp.join("e2e.toml");
+    std::fs::write(&cfg, "[pools.default]\nslots = 2\n").expect("cfg");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_handyman"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .arg("--plugins")
+        .arg(&plugins)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--cache-dir")
+        .arg(tmp.join("cache"))
+        .env("HANDYMAN_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("first line");
+    let url = line
+        .trim()
+        .strip_prefix("handyman listening on ")
+        .expect("address line")
+        .to_string();
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(60))
+        .build();
+    let body: String = Value::Array(vec![json!({"kind": "noop"}); batch]).to_string();
+    let start = Instant::now();
+    let per_client = total / clients / batch;
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (agent, url, body) = (agent.clone(), url.clone(), body.clone());
+            std::thread::spawn(move || {
+                for _ in 0..per_client {
+                    agent
+                        .post(&format!("{url}/v1/tasks"))
+                        .send_string(&body)
+                        .expect("submit");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client");
+    }
+    let submitted = start.elapsed();
+    let n = (per_client * clients * batch) as u64;
+    loop {
+        let m = agent
+            .get(&format!("{url}/metrics"))
+            .call()
+            .expect("metrics")
+            .into_string()
+            .expect("text");
+        let done = m
+            .lines()
+            .find_map(|l| l.strip_prefix("handyman_tasks{state=\"succeeded\"} "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        if done >= n {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let all = start.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    println!(
+        "end to end (HTTP submit in batches of {batch} from {clients} clients, durable, noop run, durable result): {n} tasks in {:.2} s = {:.0} tasks/s (submits alone {:.0} tasks/s; target 20,000/s)",
+        all.as_secs_f64(),
+        n as f64 / all.as_secs_f64(),
+        n as f64 / submitted.as_secs_f64()
+    );
+}
+
+fn bench_restart(tmp: &Path, tasks: u64) {
+    let data = tmp.join("restart");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let gen_start = Instant::now();
+    {
+        let mut storage = SqliteStorage::open(&data).expect("open");
+        let config = CoreConfig::default();
+        storage
+            .set_meta(
+                "core_config",
+                &serde_json::to_string(&config).expect("config json"),
+            )
+            .expect("meta");
+        let mut core = Core::new(config);
+        core.set_pool_slots(0, "default", 2);
+        let mut submitted = 0;
+        while submitted < tasks {
+            let n = (tasks - submitted).min(10_000);
+            let specs: Vec<TaskSpec> = (0..n)
+                .map(|i| TaskSpec::new("noop").group(format!("g{}", i % 100)))
+                .collect();
+            core.submit_batch(submitted / 10, specs).expect("submit");
+            submitted += n;
+            storage
+                .commit(&Batch {
+                    events: core.drain_journal(),
+                    ..Batch::default()
+                })
+                .expect("commit");
+        }
+    }
+    let generated = gen_start.elapsed();
+    let exec =
+        Arc::new(WasmExecutor::load(&noop_only(tmp), Some(&tmp.join("cache")), 8).expect("load"));
+    let start = Instant::now();
+    // Slots 0: measure recovery, not running a million tasks.
+    let running = driver::start(
+        Box::new(SqliteStorage::open(&data).expect("open")),
+        exec,
+        DriverConfig {
+            pools: [("default".to_string(), 0)].into_iter().collect(),
+            default_slots: 0,
+            ..DriverConfig::default()
+        },
+    )
+    .expect("start");
+    let ready = start.elapsed();
+    let r = running.recovery;
+    running.handle.shutdown_blocking();
+    running.join();
+    let db_bytes = std::fs::metadata(data.join("handyman.db"))
+        .map(|m| m.len())
+        .unwrap_or(0)
+        + std::fs::metadata(data.join("handyman.db-wal"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+    println!(
+        "restart with {tasks} journaled tasks ({} events, {:.0} MB): ready in {:.2} s (replay {:.2} s; target 3 s); journal written in {:.1} s",
+        r.events,
+        db_bytes as f64 / 1e6,
+        ready.as_secs_f64(),
+        r.elapsed.as_secs_f64(),
+        generated.as_secs_f64()
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "quick");
+    let only: Option<&str> = args
+        .iter()
+        .skip(1)
+        .find(|a| ["attempt", "latency", "e2e", "restart"].contains(&a.as_str()))
+        .map(String::as_str);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let want = |name: &str| only.is_none_or(|o| o == name);
+    if want("attempt") {
+        bench_attempt(tmp.path(), if quick { 2_000 } else { 20_000 });
+    }
+    if want("latency") {
+        bench_submit_to_start(tmp.path(), if quick { 200 } else { 1_000 });
+    }
+    if want("e2e") {
+        bench_end_to_end(tmp.path(), if quick { 20_000 } else { 200_000 }, 1000, 4);
+    }
+    if want("restart") {
+        bench_restart(tmp.path(), if quick { 100_000 } else { 1_000_000 });
+    }
+}
