@@ -7,10 +7,10 @@ use std::fmt;
 use std::path::Path;
 
 use handyman_core::{Ageing, Backoff, GroupConfig, Millis, PolicyKind, TimeoutMode};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A parsed and validated scenario. See `sim/README.md` for the reference of every key.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     #[serde(default)]
@@ -48,6 +48,14 @@ pub struct Scenario {
     pub workload: Vec<Workload>,
     #[serde(default)]
     pub faults: Faults,
+    /// `check` draws its own fault mix per seed (swarm testing) unless this is false, in
+    /// which case it uses `[faults]` as written (shrunk scenarios are written that way).
+    #[serde(default = "yes")]
+    pub swarm: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_liveness() -> Millis {
@@ -69,14 +77,14 @@ fn default_window() -> Millis {
     600_000
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolSpec {
     pub name: String,
     pub slots: u32,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NamedGroup {
     pub name: String,
@@ -96,7 +104,7 @@ fn max_u32() -> u32 {
 }
 
 /// A task type: its handler's behaviour and its limits.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KindSpec {
     pub name: String,
@@ -135,7 +143,7 @@ fn default_retries() -> u32 {
 
 /// How long a handler works on a task (its total work; "continue" tasks spread it over
 /// several attempts).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(tag = "dist", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Duration {
     Fixed {
@@ -164,7 +172,7 @@ fn max_ms() -> Millis {
 }
 
 /// One arrival process.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Workload {
     pub arrival: Arrival,
@@ -234,7 +242,7 @@ fn default_cancel_after() -> Millis {
     600_000
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arrival {
     Poisson,
@@ -242,7 +250,7 @@ pub enum Arrival {
     Pipelines,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Dag {
     #[default]
@@ -250,7 +258,7 @@ pub enum Dag {
     BinlogFirst,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobClass {
     pub weight: f64,
@@ -259,7 +267,7 @@ pub struct JobClass {
 }
 
 /// Fault probabilities and rates of the safety phase. All off by default.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Faults {
     /// Per attempt: the worker crashes part-way (the host notices and reports it lost).
