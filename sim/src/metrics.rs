@@ -93,9 +93,13 @@ pub fn wait_of(t: &TaskRec) -> Option<Millis> {
     (t.start != Millis::MAX && t.ready != Millis::MAX).then(|| t.start.saturating_sub(t.ready))
 }
 
-/// Per-window service of contending groups and what each was entitled to: the window's
-/// service among backlogged groups, shared by weight and capped by each group's cap
-/// (water-filling). Returns, per window, `(group, received, entitled)`.
+/// Per-window service of contending groups and what each was entitled to.
+///
+/// A group contends in a window if it had queued work in it. The window's service among
+/// contending groups is shared max-min fairly by weight (water-filling), each group capped
+/// by its hard cap and by its demand: a group backlogged for less than 95% of the window
+/// got what it asked for, so its demand is what it received; one backlogged all along
+/// wanted more. Returns, per window, `(group, received, entitled)`.
 pub fn shares(out: &RunOutput) -> Vec<Vec<(u32, f64, f64)>> {
     let windows = out
         .groups
@@ -109,12 +113,24 @@ pub fn shares(out: &RunOutput) -> Vec<Vec<(u32, f64, f64)>> {
             .groups
             .iter()
             .enumerate()
-            .filter(|(_, g)| g.backlogged.get(w).copied().unwrap_or(false))
+            .filter(|(_, g)| g.backlogged.get(w).copied().unwrap_or(0.0) > 0.0)
             .map(|(i, g)| (i as u32, g))
             .collect();
         let service = |g: &GroupRec| g.service.get(w).copied().unwrap_or(0.0);
         let total: f64 = contending.iter().map(|(_, g)| service(g)).sum();
         // Water-filling: cap-limited groups get their cap, the rest share by weight.
+        let limit: Vec<f64> = contending
+            .iter()
+            .map(|(_, g)| {
+                let cap = f64::from(g.config.cap) * out.window_ms as f64;
+                let backlog = g.backlogged.get(w).copied().unwrap_or(0.0);
+                if backlog >= 0.95 * out.window_ms as f64 {
+                    cap
+                } else {
+                    cap.min(service(g))
+                }
+            })
+            .collect();
         let mut entitled = vec![0.0; contending.len()];
         let mut open: Vec<usize> = (0..contending.len()).collect();
         let mut left = total;
@@ -127,8 +143,7 @@ pub fn shares(out: &RunOutput) -> Vec<Vec<(u32, f64, f64)>> {
             for &i in &open {
                 let g = contending[i].1;
                 let share = left * f64::from(g.config.weight.max(1)) / weights;
-                let cap = f64::from(g.config.cap) * out.window_ms as f64;
-                if entitled[i] + share >= cap {
+                if entitled[i] + share >= limit[i] {
                     capped.push(i);
                 }
             }
@@ -140,9 +155,8 @@ pub fn shares(out: &RunOutput) -> Vec<Vec<(u32, f64, f64)>> {
                 break;
             }
             for &i in &capped {
-                let cap = f64::from(contending[i].1.config.cap) * out.window_ms as f64;
-                left -= cap - entitled[i];
-                entitled[i] = cap;
+                left -= limit[i] - entitled[i];
+                entitled[i] = limit[i];
             }
             open.retain(|i| !capped.contains(i));
         }

@@ -112,8 +112,8 @@ pub struct GroupRec {
     backlog_since: Millis,
     /// Run time received in each window.
     pub service: Vec<f64>,
-    /// Whether it had queued work at some point of each window.
-    pub backlogged: Vec<bool>,
+    /// How long it had queued work in each window (ms).
+    pub backlogged: Vec<f64>,
 }
 
 /// A pool as the mirror sees it.
@@ -1430,10 +1430,14 @@ fn grow<T: Clone>(v: &mut Vec<T>, len: usize, fill: T) {
 }
 
 fn mark_backlog(g: &mut GroupRec, from: Millis, to: Millis, window: Millis) {
-    let (a, b) = ((from / window) as usize, (to / window) as usize);
-    grow(&mut g.backlogged, b + 1, false);
+    if to <= from {
+        return;
+    }
+    let (a, b) = ((from / window) as usize, ((to - 1) / window) as usize);
+    grow(&mut g.backlogged, b + 1, 0.0);
     for w in a..=b {
-        g.backlogged[w] = true;
+        let ws = w as Millis * window;
+        g.backlogged[w] += (to.min(ws + window) - from.max(ws)) as f64;
     }
 }
 
