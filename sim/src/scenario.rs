@@ -536,7 +536,7 @@ impl Scenario {
                     }
                 } else if let Some(field) = key.strip_prefix("faults.") {
                     let mut table =
-                        toml::Table::try_from(&self.faults_as_toml()).map_err(|e| e.to_string())?;
+                        toml::Table::try_from(self.faults_as_toml()).map_err(|e| e.to_string())?;
                     let v: toml::Value = if field.ends_with("_ms") {
                         toml::Value::Integer(int()? as i64)
                     } else {
@@ -610,7 +610,7 @@ pub fn locate(text: &str, path: &[String]) -> Option<usize> {
             value = Some(v.get_ref());
         } else if let Some(DeValue::Array(arr)) = value {
             let i: usize = seg.parse().ok()?;
-            let v = arr.iter().nth(i)?;
+            let v = arr.get(i)?;
             span = v.span();
             value = Some(v.get_ref());
         } else {

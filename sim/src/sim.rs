@@ -54,6 +54,9 @@ pub struct ViolationRecord {
 }
 
 const NONE: Millis = Millis::MAX;
+
+/// Open attempts as (deadline + grace, task, attempt), in assignment order.
+type DeadlineQueue = VecDeque<(Millis, TaskId, u32)>;
 const MAX_VIOLATIONS: usize = 100;
 
 /// A task as the mirror sees it (from the journal) plus its simulated worker.
@@ -236,7 +239,7 @@ pub struct Sim<'s> {
     kind_ids: FxMap<String, u16>,
     /// Open attempts by (deadline + grace), one FIFO per max run time: attempts are
     /// assigned in time order, so each FIFO is sorted.
-    deadline_checks: Vec<(Millis, VecDeque<(Millis, TaskId, u32)>)>,
+    deadline_checks: Vec<(Millis, DeadlineQueue)>,
     violations: Vec<ViolationRecord>,
     hasher: JournalHasher,
     events: u64,

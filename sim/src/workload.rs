@@ -83,6 +83,9 @@ impl SizeClass {
     }
 }
 
+/// A group a workload uses: its name, its settings (if the workload sets them), its size class.
+pub type GroupToConfigure = (String, Option<GroupConfig>, SizeClass);
+
 /// A scheduled pipeline: its group and how many jobs each run submits.
 pub struct Pipeline {
     pub workload: usize,
@@ -111,7 +114,7 @@ pub enum Source {
 pub fn build_sources(
     scenario: &Scenario,
     rng: &mut ChaCha8Rng,
-) -> (Vec<Source>, Vec<(String, Option<GroupConfig>, SizeClass)>) {
+) -> (Vec<Source>, Vec<GroupToConfigure>) {
     let mut sources = Vec::new();
     let mut groups = Vec::new();
     for (wi, w) in scenario.workload.iter().enumerate() {
