@@ -204,6 +204,8 @@ pub struct Core {
     pub(crate) deadlines: BTreeSet<(Millis, TaskId)>,
     pub(crate) retries: BTreeSet<(Millis, TaskId)>,
     level_timers: BTreeSet<(Millis, LaneIdx)>,
+    /// Lanes whose key may be stale (see `mark_dirty`).
+    dirty_lanes: Vec<LaneIdx>,
     /// Active groups ordered by stored usage, for "an idle group cannot bank credit".
     active_usage: BTreeSet<(u64, GroupIdx)>,
     share_base: Millis,
@@ -237,6 +239,7 @@ impl Core {
             deadlines: BTreeSet::new(),
             retries: BTreeSet::new(),
             level_timers: BTreeSet::new(),
+            dirty_lanes: Vec::new(),
             active_usage: BTreeSet::new(),
             share_base: 0,
             counts: StateCounts::default(),
@@ -457,6 +460,7 @@ impl Core {
     pub fn next_assignment(&mut self, now: Millis, pool: &str) -> Option<Assignment> {
         self.advance(now);
         let p = *self.pool_ids.get(pool)?;
+        self.flush_lanes();
         let pool_ref = &self.pools[p as usize];
         if pool_ref.running >= pool_ref.slots
             && self.config.injected_bug != Some(InjectedBug::IgnorePoolSlots)
@@ -665,9 +669,18 @@ impl Core {
 
     /// Whether `pool` has a queued task that a free slot could take now.
     pub fn has_eligible_work(&self, pool: &str) -> bool {
-        self.pool_ids
-            .get(pool)
-            .is_some_and(|&p| !self.pools[p as usize].index.is_empty())
+        let Some(&p) = self.pool_ids.get(pool) else {
+            return false;
+        };
+        let eligible = |lane: &Lane| {
+            let group = &self.groups[lane.group as usize];
+            lane.pool == p && lane.queued > 0 && group.running < group.config.cap
+        };
+        !self.pools[p as usize].index.is_empty()
+            || self
+                .dirty_lanes
+                .iter()
+                .any(|&l| eligible(&self.lanes[l as usize]))
     }
 
     // ----------------------------------------------------------------------------------
@@ -1138,7 +1151,7 @@ impl Core {
                         pool.contending_weight =
                             pool.contending_weight - old_weight + u64::from(config.weight);
                     }
-                    self.refresh_lane(lane);
+                    self.mark_dirty(lane);
                 }
             }
             EventKind::Submitted { id, spec, parent } => {
@@ -1560,7 +1573,7 @@ impl Core {
             .map(|(i, g)| (order_bits(g.usage), i as GroupIdx))
             .collect();
         for lane in 0..self.lanes.len() as LaneIdx {
-            self.refresh_lane(lane);
+            self.mark_dirty(lane);
         }
     }
 
@@ -1581,7 +1594,7 @@ impl Core {
         self.groups[g as usize].queued += 1;
         self.pools[p as usize].queued += 1;
         self.update_contention(lane, was);
-        self.refresh_lane(lane);
+        self.mark_dirty(lane);
     }
 
     fn dequeue(&mut self, id: TaskId) {
@@ -1598,7 +1611,7 @@ impl Core {
                 .push(format!("task {id} was not in its queue"));
         }
         self.update_contention(lane, was);
-        self.refresh_lane(lane);
+        self.mark_dirty(lane);
     }
 
     /// Keeps the pool's contending weight in step with whether `lane` has work.
@@ -1617,10 +1630,27 @@ impl Core {
         }
     }
 
+    /// Lanes are re-keyed lazily, once per decision, however many events touched them.
+    fn mark_dirty(&mut self, lane: LaneIdx) {
+        let l = &mut self.lanes[lane as usize];
+        if !l.dirty {
+            l.dirty = true;
+            self.dirty_lanes.push(lane);
+        }
+    }
+
+    /// Brings every lane touched since the last decision up to date in its pool's index.
+    pub(crate) fn flush_lanes(&mut self) {
+        while let Some(lane) = self.dirty_lanes.pop() {
+            self.lanes[lane as usize].dirty = false;
+            self.refresh_lane(lane);
+        }
+    }
+
     fn refresh_group_lanes(&mut self, g: GroupIdx) {
         for i in 0..self.groups[g as usize].lanes.len() {
             let lane = self.groups[g as usize].lanes[i];
-            self.refresh_lane(lane);
+            self.mark_dirty(lane);
         }
     }
 
