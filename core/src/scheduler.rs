@@ -5,7 +5,11 @@
 //! it. `apply` is the only code that mutates the task state, and replay runs nothing else:
 //! that is why a replayed core equals the core that wrote the journal.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+// Lookups only: no decision ever iterates these maps, so a fast non-DoS-resistant hash is
+// fine (names come from the operator's own submitters).
+type HashMap<K, V> = rustc_hash::FxHashMap<K, V>;
 use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
@@ -228,14 +232,14 @@ impl Core {
             journal: Vec::new(),
             interrupts: Vec::new(),
             pools: Vec::new(),
-            pool_ids: HashMap::new(),
+            pool_ids: HashMap::default(),
             groups: Vec::new(),
-            group_ids: HashMap::new(),
+            group_ids: HashMap::default(),
             lanes: Vec::new(),
-            lane_ids: HashMap::new(),
-            kinds: HashMap::new(),
-            dedup: HashMap::new(),
-            dep_groups: HashMap::new(),
+            lane_ids: HashMap::default(),
+            kinds: HashMap::default(),
+            dedup: HashMap::default(),
+            dep_groups: HashMap::default(),
             deadlines: BTreeSet::new(),
             retries: BTreeSet::new(),
             level_timers: BTreeSet::new(),
@@ -366,7 +370,7 @@ impl Core {
         // Decide ids first, so that batch references can be resolved to them.
         let mut outcomes = Vec::with_capacity(specs.len());
         let mut next_id = self.tasks.len() as TaskId + 1;
-        let mut batch_keys: HashMap<&str, TaskId> = HashMap::new();
+        let mut batch_keys: HashMap<&str, TaskId> = HashMap::default();
         for spec in &specs {
             let existing = spec.dedup_key.as_deref().and_then(|key| {
                 self.dedup
