@@ -15,7 +15,8 @@ use crate::{Millis, TaskId};
 pub struct Event {
     /// 1, 2, 3, … with no gaps.
     pub seq: u64,
-    /// The `now` of the input that produced it.
+    /// When it took effect: the `now` of the input that produced it, or for a timeout, a
+    /// grace expiry or a retry, the time that timer was due (never before an earlier event).
     pub at: Millis,
     pub kind: EventKind,
 }

@@ -713,14 +713,20 @@ impl Core {
         self.journal.push(event);
     }
 
+    /// Fires every timer due by `now` in time order, each at its own time (as if the driver
+    /// had ticked exactly then), so that journal times are exact and never go backwards.
     fn advance(&mut self, now: Millis) {
-        if now > self.now {
-            self.now = now;
-        }
-        let now = self.now;
+        let now = now.max(self.now);
         loop {
             let deadline = self.deadlines.first().copied().filter(|(t, _)| *t <= now);
             let retry = self.retries.first().copied().filter(|(t, _)| *t <= now);
+            let due = match (deadline, retry) {
+                (Some(d), Some(r)) => d.0.min(r.0),
+                (Some(d), None) => d.0,
+                (None, Some(r)) => r.0,
+                (None, None) => break,
+            };
+            self.now = self.now.max(due);
             match (deadline, retry) {
                 (Some(d), Some(r)) if r.0 < d.0 => self.fire_retry(r.1),
                 (Some(d), _) => self.fire_deadline(d),
@@ -728,6 +734,7 @@ impl Core {
                 (None, None) => break,
             }
         }
+        self.now = now;
         while let Some(&(t, lane)) = self.level_timers.first() {
             if t > now {
                 break;
