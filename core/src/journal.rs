@@ -5,6 +5,8 @@
 //! state that produced it, which is how the host recovers after a crash and how the
 //! simulator crashes and recovers cores.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::spec::{GroupConfig, TaskSpec};
@@ -44,7 +46,7 @@ pub enum EventKind {
     Assigned {
         id: TaskId,
         attempt: u32,
-        pool: String,
+        pool: Arc<str>,
     },
     /// The worker reported that the attempt started.
     Started { id: TaskId, attempt: u32 },

@@ -210,6 +210,8 @@ pub struct Core {
     level_timers: BTreeSet<(Millis, LaneIdx)>,
     /// Lanes whose key may be stale (see `mark_dirty`).
     dirty_lanes: Vec<LaneIdx>,
+    /// Shared by every task without a payload, to save an allocation per task.
+    empty_payload: Arc<[u8]>,
     /// Active groups ordered by stored usage, for "an idle group cannot bank credit".
     active_usage: BTreeSet<(u64, GroupIdx)>,
     share_base: Millis,
@@ -244,6 +246,7 @@ impl Core {
             retries: BTreeSet::new(),
             level_timers: BTreeSet::new(),
             dirty_lanes: Vec::new(),
+            empty_payload: Arc::from(Vec::new()),
             active_usage: BTreeSet::new(),
             share_base: 0,
             counts: StateCounts::default(),
@@ -341,13 +344,21 @@ impl Core {
         });
     }
 
-    /// Accepts one task. See [`Core::submit_batch`].
+    /// Accepts one task (dependencies by id only). See [`Core::submit_batch`].
     pub fn submit(&mut self, now: Millis, spec: TaskSpec) -> Result<SubmitOutcome, SubmitError> {
-        let mut outcomes = self.submit_batch(now, vec![spec]).map_err(|e| match e {
-            SubmitError::InBatch { error, .. } => *error,
-            other => other,
-        })?;
-        Ok(outcomes.remove(0))
+        self.advance(now);
+        self.validate(&spec, Some((0, 1)), 0)?;
+        if let Some(&existing) = spec.dedup_key.as_deref().and_then(|k| self.dedup.get(k)) {
+            return Ok(SubmitOutcome::Duplicate(existing));
+        }
+        let id = self.tasks.len() as TaskId + 1;
+        self.emit(EventKind::Submitted {
+            id,
+            spec: Box::new(spec),
+            parent: None,
+        });
+        self.after_submit(id);
+        Ok(SubmitOutcome::Created(id))
     }
 
     /// Accepts several tasks at once, all or none: entries may depend on each other through
@@ -475,11 +486,8 @@ impl Core {
         let head = self.lanes[lane as usize].head(self.now)?;
         let id = head.id;
         let attempt = self.tasks[idx(id)].attempt + 1;
-        self.emit(EventKind::Assigned {
-            id,
-            attempt,
-            pool: pool.to_string(),
-        });
+        let pool = self.pools[p as usize].name.clone();
+        self.emit(EventKind::Assigned { id, attempt, pool });
         let t = &self.tasks[idx(id)];
         let running = t.running.as_ref()?;
         Some(Assignment {
@@ -1405,7 +1413,11 @@ impl Core {
             backoff: spec.backoff,
             dedup_key: spec.dedup_key.as_deref().map(Box::from),
             follow_ups,
-            payload: Arc::from(spec.payload.as_slice()),
+            payload: if spec.payload.is_empty() {
+                self.empty_payload.clone()
+            } else {
+                Arc::from(spec.payload.as_slice())
+            },
             running: None,
             retry_due: None,
             cancel_requested: false,
