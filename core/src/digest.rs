@@ -70,6 +70,7 @@ impl Core {
         for (name, dg) in dep_groups {
             name.hash(&mut h);
             dg.members.hash(&mut h);
+            dg.ready.hash(&mut h);
         }
         self.deadlines.hash(&mut h);
         self.retries.hash(&mut h);

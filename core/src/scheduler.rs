@@ -5,7 +5,11 @@
 //! it. `apply` is the only code that mutates the task state, and replay runs nothing else:
 //! that is why a replayed core equals the core that wrote the journal.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+// Lookups only: no decision ever iterates these maps, so a fast non-DoS-resistant hash is
+// fine (names come from the operator's own submitters).
+type HashMap<K, V> = rustc_hash::FxHashMap<K, V>;
 use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
@@ -109,15 +113,41 @@ pub(crate) struct Pool {
     pub over_slots_assignment: bool,
 }
 
+/// Ranks order a dependency group's members: a member starts only when no member of a
+/// higher rank that could run (its dependencies succeeded) is unfinished. Members still
+/// waiting on dependencies do not block lower ranks: otherwise a task that depends on a
+/// lower-ranked member of its own group would deadlock the group.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct DepGroup {
     /// Unfinished members by rank.
     pub members: BTreeMap<i32, BTreeSet<TaskId>>,
+    /// How many unfinished members of each rank have all their dependencies done.
+    pub ready: BTreeMap<i32, u32>,
 }
 
 impl DepGroup {
-    fn top_rank(&self) -> Option<i32> {
-        self.members.keys().next_back().copied()
+    fn top_ready_rank(&self) -> Option<i32> {
+        self.ready.keys().next_back().copied()
+    }
+
+    fn add_ready(&mut self, rank: i32) {
+        *self.ready.entry(rank).or_default() += 1;
+    }
+
+    fn remove_ready(&mut self, rank: i32) {
+        if let Some(n) = self.ready.get_mut(&rank) {
+            *n -= 1;
+            if *n == 0 {
+                self.ready.remove(&rank);
+            }
+        }
+    }
+}
+
+impl Task {
+    /// All dependencies succeeded (a member that counts for its dependency group's ranks).
+    fn dependencies_done(&self) -> bool {
+        self.deps_pending == 0 && self.failed_dependency.is_none()
     }
 }
 
@@ -178,6 +208,10 @@ pub struct Core {
     pub(crate) deadlines: BTreeSet<(Millis, TaskId)>,
     pub(crate) retries: BTreeSet<(Millis, TaskId)>,
     level_timers: BTreeSet<(Millis, LaneIdx)>,
+    /// Lanes whose key may be stale (see `mark_dirty`).
+    dirty_lanes: Vec<LaneIdx>,
+    /// Shared by every task without a payload, to save an allocation per task.
+    empty_payload: Arc<[u8]>,
     /// Active groups ordered by stored usage, for "an idle group cannot bank credit".
     active_usage: BTreeSet<(u64, GroupIdx)>,
     share_base: Millis,
@@ -200,17 +234,19 @@ impl Core {
             journal: Vec::new(),
             interrupts: Vec::new(),
             pools: Vec::new(),
-            pool_ids: HashMap::new(),
+            pool_ids: HashMap::default(),
             groups: Vec::new(),
-            group_ids: HashMap::new(),
+            group_ids: HashMap::default(),
             lanes: Vec::new(),
-            lane_ids: HashMap::new(),
-            kinds: HashMap::new(),
-            dedup: HashMap::new(),
-            dep_groups: HashMap::new(),
+            lane_ids: HashMap::default(),
+            kinds: HashMap::default(),
+            dedup: HashMap::default(),
+            dep_groups: HashMap::default(),
             deadlines: BTreeSet::new(),
             retries: BTreeSet::new(),
             level_timers: BTreeSet::new(),
+            dirty_lanes: Vec::new(),
+            empty_payload: Arc::from(Vec::new()),
             active_usage: BTreeSet::new(),
             share_base: 0,
             counts: StateCounts::default(),
@@ -308,13 +344,21 @@ impl Core {
         });
     }
 
-    /// Accepts one task. See [`Core::submit_batch`].
+    /// Accepts one task (dependencies by id only). See [`Core::submit_batch`].
     pub fn submit(&mut self, now: Millis, spec: TaskSpec) -> Result<SubmitOutcome, SubmitError> {
-        let mut outcomes = self.submit_batch(now, vec![spec]).map_err(|e| match e {
-            SubmitError::InBatch { error, .. } => *error,
-            other => other,
-        })?;
-        Ok(outcomes.remove(0))
+        self.advance(now);
+        self.validate(&spec, Some((0, 1)), 0)?;
+        if let Some(&existing) = spec.dedup_key.as_deref().and_then(|k| self.dedup.get(k)) {
+            return Ok(SubmitOutcome::Duplicate(existing));
+        }
+        let id = self.tasks.len() as TaskId + 1;
+        self.emit(EventKind::Submitted {
+            id,
+            spec: Box::new(spec),
+            parent: None,
+        });
+        self.after_submit(id);
+        Ok(SubmitOutcome::Created(id))
     }
 
     /// Accepts several tasks at once, all or none: entries may depend on each other through
@@ -337,7 +381,7 @@ impl Core {
         // Decide ids first, so that batch references can be resolved to them.
         let mut outcomes = Vec::with_capacity(specs.len());
         let mut next_id = self.tasks.len() as TaskId + 1;
-        let mut batch_keys: HashMap<&str, TaskId> = HashMap::new();
+        let mut batch_keys: HashMap<&str, TaskId> = HashMap::default();
         for spec in &specs {
             let existing = spec.dedup_key.as_deref().and_then(|key| {
                 self.dedup
@@ -431,6 +475,7 @@ impl Core {
     pub fn next_assignment(&mut self, now: Millis, pool: &str) -> Option<Assignment> {
         self.advance(now);
         let p = *self.pool_ids.get(pool)?;
+        self.flush_lanes();
         let pool_ref = &self.pools[p as usize];
         if pool_ref.running >= pool_ref.slots
             && self.config.injected_bug != Some(InjectedBug::IgnorePoolSlots)
@@ -441,11 +486,8 @@ impl Core {
         let head = self.lanes[lane as usize].head(self.now)?;
         let id = head.id;
         let attempt = self.tasks[idx(id)].attempt + 1;
-        self.emit(EventKind::Assigned {
-            id,
-            attempt,
-            pool: pool.to_string(),
-        });
+        let pool = self.pools[p as usize].name.clone();
+        self.emit(EventKind::Assigned { id, attempt, pool });
         let t = &self.tasks[idx(id)];
         let running = t.running.as_ref()?;
         Some(Assignment {
@@ -639,9 +681,18 @@ impl Core {
 
     /// Whether `pool` has a queued task that a free slot could take now.
     pub fn has_eligible_work(&self, pool: &str) -> bool {
-        self.pool_ids
-            .get(pool)
-            .is_some_and(|&p| !self.pools[p as usize].index.is_empty())
+        let Some(&p) = self.pool_ids.get(pool) else {
+            return false;
+        };
+        let eligible = |lane: &Lane| {
+            let group = &self.groups[lane.group as usize];
+            lane.pool == p && lane.queued > 0 && group.running < group.config.cap
+        };
+        !self.pools[p as usize].index.is_empty()
+            || self
+                .dirty_lanes
+                .iter()
+                .any(|&l| eligible(&self.lanes[l as usize]))
     }
 
     // ----------------------------------------------------------------------------------
@@ -670,14 +721,20 @@ impl Core {
         self.journal.push(event);
     }
 
+    /// Fires every timer due by `now` in time order, each at its own time (as if the driver
+    /// had ticked exactly then), so that journal times are exact and never go backwards.
     fn advance(&mut self, now: Millis) {
-        if now > self.now {
-            self.now = now;
-        }
-        let now = self.now;
+        let now = now.max(self.now);
         loop {
             let deadline = self.deadlines.first().copied().filter(|(t, _)| *t <= now);
             let retry = self.retries.first().copied().filter(|(t, _)| *t <= now);
+            let due = match (deadline, retry) {
+                (Some(d), Some(r)) => d.0.min(r.0),
+                (Some(d), None) => d.0,
+                (None, Some(r)) => r.0,
+                (None, None) => break,
+            };
+            self.now = self.now.max(due);
             match (deadline, retry) {
                 (Some(d), Some(r)) if r.0 < d.0 => self.fire_retry(r.1),
                 (Some(d), _) => self.fire_deadline(d),
@@ -685,6 +742,7 @@ impl Core {
                 (None, None) => break,
             }
         }
+        self.now = now;
         while let Some(&(t, lane)) = self.level_timers.first() {
             if t > now {
                 break;
@@ -851,6 +909,9 @@ impl Core {
         if succeeded {
             for d in dependents {
                 if self.tasks[idx(d)].state == TaskState::Waiting {
+                    if self.tasks[idx(d)].dependencies_done() {
+                        self.block_lower_ranks(d);
+                    }
                     self.try_release(d);
                 }
             }
@@ -898,6 +959,14 @@ impl Core {
     }
 
     fn after_submit(&mut self, id: TaskId) {
+        if self.tasks[idx(id)].dependencies_done() {
+            self.block_lower_ranks(id);
+        }
+        self.try_release(id);
+    }
+
+    /// A member became able to run: queued members of lower ranks wait for it.
+    fn block_lower_ranks(&mut self, id: TaskId) {
         let t = &self.tasks[idx(id)];
         if let Some(group) = t.dep_group.clone() {
             let rank = t.rank;
@@ -911,7 +980,6 @@ impl Core {
                 self.emit(EventKind::Blocked { id: m });
             }
         }
-        self.try_release(id);
     }
 
     fn try_release(&mut self, id: TaskId) {
@@ -944,7 +1012,7 @@ impl Core {
             Some(g) => self
                 .dep_groups
                 .get(g)
-                .and_then(|dg| dg.top_rank())
+                .and_then(|dg| dg.top_ready_rank())
                 .is_some_and(|top| top > t.rank),
             None => false,
         }
@@ -960,13 +1028,16 @@ impl Core {
         let Some(dg) = self.dep_groups.get(group) else {
             return;
         };
-        let Some((_, top)) = dg.members.iter().next_back() else {
-            return;
-        };
-        let waiting: Vec<TaskId> = top
-            .iter()
-            .copied()
-            .filter(|m| self.tasks[idx(*m)].state == TaskState::Waiting)
+        // Members below the top ready rank stay blocked; only those at or above it may go.
+        let from = dg.top_ready_rank().unwrap_or(i32::MIN);
+        let waiting: Vec<TaskId> = dg
+            .members
+            .range(from..)
+            .flat_map(|(_, ids)| ids.iter().copied())
+            .filter(|m| {
+                let t = &self.tasks[idx(*m)];
+                t.state == TaskState::Waiting && t.dependencies_done()
+            })
             .collect();
         for m in waiting {
             self.try_release(m);
@@ -1099,7 +1170,7 @@ impl Core {
                         pool.contending_weight =
                             pool.contending_weight - old_weight + u64::from(config.weight);
                     }
-                    self.refresh_lane(lane);
+                    self.mark_dirty(lane);
                 }
             }
             EventKind::Submitted { id, spec, parent } => {
@@ -1298,13 +1369,11 @@ impl Core {
         let base_score = self.policy.base_score(spec.priority);
         let dep_group: Option<Arc<str>> = spec.dependency_group.as_deref().map(Arc::from);
         if let Some(g) = &dep_group {
-            self.dep_groups
-                .entry(g.clone())
-                .or_default()
-                .members
-                .entry(spec.rank)
-                .or_default()
-                .insert(id);
+            let dg = self.dep_groups.entry(g.clone()).or_default();
+            dg.members.entry(spec.rank).or_default().insert(id);
+            if deps_pending == 0 && failed_dependency.is_none() {
+                dg.add_ready(spec.rank);
+            }
         }
         if let Some(key) = &spec.dedup_key {
             self.dedup.insert(key.as_str().into(), id);
@@ -1344,7 +1413,11 @@ impl Core {
             backoff: spec.backoff,
             dedup_key: spec.dedup_key.as_deref().map(Box::from),
             follow_ups,
-            payload: Arc::from(spec.payload.as_slice()),
+            payload: if spec.payload.is_empty() {
+                self.empty_payload.clone()
+            } else {
+                Arc::from(spec.payload.as_slice())
+            },
             running: None,
             retry_due: None,
             cancel_requested: false,
@@ -1392,6 +1465,9 @@ impl Core {
         }
         if let Some(g) = &t.dep_group {
             if let Some(dg) = self.dep_groups.get_mut(g) {
+                if t.dependencies_done() {
+                    dg.remove_ready(t.rank);
+                }
                 if let Some(members) = dg.members.get_mut(&t.rank) {
                     members.remove(&id);
                     if members.is_empty() {
@@ -1405,6 +1481,14 @@ impl Core {
             let dep = &mut self.tasks[idx(d)];
             if state == TaskState::Succeeded {
                 dep.deps_pending = dep.deps_pending.saturating_sub(1);
+                if dep.dependencies_done() && !dep.state.is_terminal() {
+                    if let Some(g) = &dep.dep_group {
+                        let rank = dep.rank;
+                        if let Some(dg) = self.dep_groups.get_mut(g) {
+                            dg.add_ready(rank);
+                        }
+                    }
+                }
             } else {
                 dep.failed_dependency.get_or_insert(id);
             }
@@ -1512,7 +1596,7 @@ impl Core {
             .map(|(i, g)| (order_bits(g.usage), i as GroupIdx))
             .collect();
         for lane in 0..self.lanes.len() as LaneIdx {
-            self.refresh_lane(lane);
+            self.mark_dirty(lane);
         }
     }
 
@@ -1533,7 +1617,7 @@ impl Core {
         self.groups[g as usize].queued += 1;
         self.pools[p as usize].queued += 1;
         self.update_contention(lane, was);
-        self.refresh_lane(lane);
+        self.mark_dirty(lane);
     }
 
     fn dequeue(&mut self, id: TaskId) {
@@ -1550,7 +1634,7 @@ impl Core {
                 .push(format!("task {id} was not in its queue"));
         }
         self.update_contention(lane, was);
-        self.refresh_lane(lane);
+        self.mark_dirty(lane);
     }
 
     /// Keeps the pool's contending weight in step with whether `lane` has work.
@@ -1569,10 +1653,27 @@ impl Core {
         }
     }
 
+    /// Lanes are re-keyed lazily, once per decision, however many events touched them.
+    fn mark_dirty(&mut self, lane: LaneIdx) {
+        let l = &mut self.lanes[lane as usize];
+        if !l.dirty {
+            l.dirty = true;
+            self.dirty_lanes.push(lane);
+        }
+    }
+
+    /// Brings every lane touched since the last decision up to date in its pool's index.
+    pub(crate) fn flush_lanes(&mut self) {
+        while let Some(lane) = self.dirty_lanes.pop() {
+            self.lanes[lane as usize].dirty = false;
+            self.refresh_lane(lane);
+        }
+    }
+
     fn refresh_group_lanes(&mut self, g: GroupIdx) {
         for i in 0..self.groups[g as usize].lanes.len() {
             let lane = self.groups[g as usize].lanes[i];
-            self.refresh_lane(lane);
+            self.mark_dirty(lane);
         }
     }
 
