@@ -184,6 +184,11 @@ def check_flaky(p):
         p.run(payload, attempt=3),
         ("ok", ("done", b'{"succeeded_on_attempt":3,"planned_failures":2}')),
     )
+    expect(
+        "flaky asks for retry-after when told to",
+        p.run(b'{"failures": 1, "retry_after_ms": 250}', attempt=1),
+        ("ok", ("retry-after", 250)),
+    )
     tag, (kind, message) = p.run(b'{"failures": "x"}')
     expect("flaky bad payload is fatal", (tag, kind), ("err", "fatal"))
     expect_true("flaky fatal message names the problem", "invalid JSON payload" in message,

@@ -101,6 +101,19 @@ impl Core {
                         format!("running task {id} has no deadline timer at {timer}"),
                     );
                 }
+                // 9. every input fires due timers first, so an attempt is never seen past
+                // its deadline plus the grace.
+                let limit = r.deadline + self.config.interrupt_grace_ms;
+                if self.now > limit {
+                    v(
+                        9,
+                        Some(id),
+                        format!(
+                            "attempt {} of task {id} still runs at {} past its limit {limit}",
+                            t.attempt, self.now
+                        ),
+                    );
+                }
             }
             // 3. dependencies before start
             if matches!(

@@ -5,6 +5,8 @@
 //! state that produced it, which is how the host recovers after a crash and how the
 //! simulator crashes and recovers cores.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::spec::{GroupConfig, TaskSpec};
@@ -15,7 +17,8 @@ use crate::{Millis, TaskId};
 pub struct Event {
     /// 1, 2, 3, … with no gaps.
     pub seq: u64,
-    /// The `now` of the input that produced it.
+    /// When it took effect: the `now` of the input that produced it, or for a timeout, a
+    /// grace expiry or a retry, the time that timer was due (never before an earlier event).
     pub at: Millis,
     pub kind: EventKind,
 }
@@ -43,7 +46,7 @@ pub enum EventKind {
     Assigned {
         id: TaskId,
         attempt: u32,
-        pool: String,
+        pool: Arc<str>,
     },
     /// The worker reported that the attempt started.
     Started { id: TaskId, attempt: u32 },

@@ -52,6 +52,8 @@ pub(crate) struct Lane {
     pub key: Option<LaneKey>,
     /// When the lane's level next changes, if it sits in the index and ages.
     pub level_timer: Option<Millis>,
+    /// Touched since it was last re-keyed.
+    pub dirty: bool,
 }
 
 /// The best task of a lane at some time.
@@ -72,6 +74,7 @@ impl Lane {
             running: 0,
             key: None,
             level_timer: None,
+            dirty: false,
         }
     }
 

@@ -5,7 +5,11 @@
 //! it. `apply` is the only code that mutates the task state, and replay runs nothing else:
 //! that is why a replayed core equals the core that wrote the journal.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+// Lookups only: no decision ever iterates these maps, so a fast non-DoS-resistant hash is
+// fine (names come from the operator's own submitters).
+type HashMap<K, V> = rustc_hash::FxHashMap<K, V>;
 use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
@@ -204,6 +208,10 @@ pub struct Core {
     pub(crate) deadlines: BTreeSet<(Millis, TaskId)>,
     pub(crate) retries: BTreeSet<(Millis, TaskId)>,
     level_timers: BTreeSet<(Millis, LaneIdx)>,
+    /// Lanes whose key may be stale (see `mark_dirty`).
+    dirty_lanes: Vec<LaneIdx>,
+    /// Shared by every task without a payload, to save an allocation per task.
+    empty_payload: Arc<[u8]>,
     /// Active groups ordered by stored usage, for "an idle group cannot bank credit".
     active_usage: BTreeSet<(u64, GroupIdx)>,
     share_base: Millis,
@@ -226,17 +234,19 @@ impl Core {
             journal: Vec::new(),
             interrupts: Vec::new(),
             pools: Vec::new(),
-            pool_ids: HashMap::new(),
+            pool_ids: HashMap::default(),
             groups: Vec::new(),
-            group_ids: HashMap::new(),
+            group_ids: HashMap::default(),
             lanes: Vec::new(),
-            lane_ids: HashMap::new(),
-            kinds: HashMap::new(),
-            dedup: HashMap::new(),
-            dep_groups: HashMap::new(),
+            lane_ids: HashMap::default(),
+            kinds: HashMap::default(),
+            dedup: HashMap::default(),
+            dep_groups: HashMap::default(),
             deadlines: BTreeSet::new(),
             retries: BTreeSet::new(),
             level_timers: BTreeSet::new(),
+            dirty_lanes: Vec::new(),
+            empty_payload: Arc::from(Vec::new()),
             active_usage: BTreeSet::new(),
             share_base: 0,
             counts: StateCounts::default(),
@@ -334,13 +344,21 @@ impl Core {
         });
     }
 
-    /// Accepts one task. See [`Core::submit_batch`].
+    /// Accepts one task (dependencies by id only). See [`Core::submit_batch`].
     pub fn submit(&mut self, now: Millis, spec: TaskSpec) -> Result<SubmitOutcome, SubmitError> {
-        let mut outcomes = self.submit_batch(now, vec![spec]).map_err(|e| match e {
-            SubmitError::InBatch { error, .. } => *error,
-            other => other,
-        })?;
-        Ok(outcomes.remove(0))
+        self.advance(now);
+        self.validate(&spec, Some((0, 1)), 0)?;
+        if let Some(&existing) = spec.dedup_key.as_deref().and_then(|k| self.dedup.get(k)) {
+            return Ok(SubmitOutcome::Duplicate(existing));
+        }
+        let id = self.tasks.len() as TaskId + 1;
+        self.emit(EventKind::Submitted {
+            id,
+            spec: Box::new(spec),
+            parent: None,
+        });
+        self.after_submit(id);
+        Ok(SubmitOutcome::Created(id))
     }
 
     /// Accepts several tasks at once, all or none: entries may depend on each other through
@@ -363,7 +381,7 @@ impl Core {
         // Decide ids first, so that batch references can be resolved to them.
         let mut outcomes = Vec::with_capacity(specs.len());
         let mut next_id = self.tasks.len() as TaskId + 1;
-        let mut batch_keys: HashMap<&str, TaskId> = HashMap::new();
+        let mut batch_keys: HashMap<&str, TaskId> = HashMap::default();
         for spec in &specs {
             let existing = spec.dedup_key.as_deref().and_then(|key| {
                 self.dedup
@@ -457,6 +475,7 @@ impl Core {
     pub fn next_assignment(&mut self, now: Millis, pool: &str) -> Option<Assignment> {
         self.advance(now);
         let p = *self.pool_ids.get(pool)?;
+        self.flush_lanes();
         let pool_ref = &self.pools[p as usize];
         if pool_ref.running >= pool_ref.slots
             && self.config.injected_bug != Some(InjectedBug::IgnorePoolSlots)
@@ -467,11 +486,8 @@ impl Core {
         let head = self.lanes[lane as usize].head(self.now)?;
         let id = head.id;
         let attempt = self.tasks[idx(id)].attempt + 1;
-        self.emit(EventKind::Assigned {
-            id,
-            attempt,
-            pool: pool.to_string(),
-        });
+        let pool = self.pools[p as usize].name.clone();
+        self.emit(EventKind::Assigned { id, attempt, pool });
         let t = &self.tasks[idx(id)];
         let running = t.running.as_ref()?;
         Some(Assignment {
@@ -665,9 +681,18 @@ impl Core {
 
     /// Whether `pool` has a queued task that a free slot could take now.
     pub fn has_eligible_work(&self, pool: &str) -> bool {
-        self.pool_ids
-            .get(pool)
-            .is_some_and(|&p| !self.pools[p as usize].index.is_empty())
+        let Some(&p) = self.pool_ids.get(pool) else {
+            return false;
+        };
+        let eligible = |lane: &Lane| {
+            let group = &self.groups[lane.group as usize];
+            lane.pool == p && lane.queued > 0 && group.running < group.config.cap
+        };
+        !self.pools[p as usize].index.is_empty()
+            || self
+                .dirty_lanes
+                .iter()
+                .any(|&l| eligible(&self.lanes[l as usize]))
     }
 
     // ----------------------------------------------------------------------------------
@@ -696,14 +721,20 @@ impl Core {
         self.journal.push(event);
     }
 
+    /// Fires every timer due by `now` in time order, each at its own time (as if the driver
+    /// had ticked exactly then), so that journal times are exact and never go backwards.
     fn advance(&mut self, now: Millis) {
-        if now > self.now {
-            self.now = now;
-        }
-        let now = self.now;
+        let now = now.max(self.now);
         loop {
             let deadline = self.deadlines.first().copied().filter(|(t, _)| *t <= now);
             let retry = self.retries.first().copied().filter(|(t, _)| *t <= now);
+            let due = match (deadline, retry) {
+                (Some(d), Some(r)) => d.0.min(r.0),
+                (Some(d), None) => d.0,
+                (None, Some(r)) => r.0,
+                (None, None) => break,
+            };
+            self.now = self.now.max(due);
             match (deadline, retry) {
                 (Some(d), Some(r)) if r.0 < d.0 => self.fire_retry(r.1),
                 (Some(d), _) => self.fire_deadline(d),
@@ -711,6 +742,7 @@ impl Core {
                 (None, None) => break,
             }
         }
+        self.now = now;
         while let Some(&(t, lane)) = self.level_timers.first() {
             if t > now {
                 break;
@@ -1138,7 +1170,7 @@ impl Core {
                         pool.contending_weight =
                             pool.contending_weight - old_weight + u64::from(config.weight);
                     }
-                    self.refresh_lane(lane);
+                    self.mark_dirty(lane);
                 }
             }
             EventKind::Submitted { id, spec, parent } => {
@@ -1381,7 +1413,11 @@ impl Core {
             backoff: spec.backoff,
             dedup_key: spec.dedup_key.as_deref().map(Box::from),
             follow_ups,
-            payload: Arc::from(spec.payload.as_slice()),
+            payload: if spec.payload.is_empty() {
+                self.empty_payload.clone()
+            } else {
+                Arc::from(spec.payload.as_slice())
+            },
             running: None,
             retry_due: None,
             cancel_requested: false,
@@ -1560,7 +1596,7 @@ impl Core {
             .map(|(i, g)| (order_bits(g.usage), i as GroupIdx))
             .collect();
         for lane in 0..self.lanes.len() as LaneIdx {
-            self.refresh_lane(lane);
+            self.mark_dirty(lane);
         }
     }
 
@@ -1581,7 +1617,7 @@ impl Core {
         self.groups[g as usize].queued += 1;
         self.pools[p as usize].queued += 1;
         self.update_contention(lane, was);
-        self.refresh_lane(lane);
+        self.mark_dirty(lane);
     }
 
     fn dequeue(&mut self, id: TaskId) {
@@ -1598,7 +1634,7 @@ impl Core {
                 .push(format!("task {id} was not in its queue"));
         }
         self.update_contention(lane, was);
-        self.refresh_lane(lane);
+        self.mark_dirty(lane);
     }
 
     /// Keeps the pool's contending weight in step with whether `lane` has work.
@@ -1617,10 +1653,27 @@ impl Core {
         }
     }
 
+    /// Lanes are re-keyed lazily, once per decision, however many events touched them.
+    fn mark_dirty(&mut self, lane: LaneIdx) {
+        let l = &mut self.lanes[lane as usize];
+        if !l.dirty {
+            l.dirty = true;
+            self.dirty_lanes.push(lane);
+        }
+    }
+
+    /// Brings every lane touched since the last decision up to date in its pool's index.
+    pub(crate) fn flush_lanes(&mut self) {
+        while let Some(lane) = self.dirty_lanes.pop() {
+            self.lanes[lane as usize].dirty = false;
+            self.refresh_lane(lane);
+        }
+    }
+
     fn refresh_group_lanes(&mut self, g: GroupIdx) {
         for i in 0..self.groups[g as usize].lanes.len() {
             let lane = self.groups[g as usize].lanes[i];
-            self.refresh_lane(lane);
+            self.mark_dirty(lane);
         }
     }
 

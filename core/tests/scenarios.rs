@@ -2,6 +2,8 @@
 
 use handyman_core::*;
 
+const HOUR: Millis = 3_600_000;
+
 fn core_with_slots(slots: u32) -> Core {
     let mut core = Core::new(CoreConfig::default());
     core.set_pool_slots(0, DEFAULT_POOL, slots);
@@ -63,7 +65,11 @@ fn an_aged_low_priority_task_overtakes_newer_high_priority_work() {
     };
     let old_low = submit(&mut core, 0, TaskSpec::new("k").priority(0).ageing(ageing));
     // Keep the slot busy while the low task ages for 6 minutes.
-    let blocker = submit(&mut core, 0, TaskSpec::new("k").priority(9));
+    let blocker = submit(
+        &mut core,
+        0,
+        TaskSpec::new("k").priority(9).max_runtime_ms(HOUR),
+    );
     let a = core.next_assignment(0, DEFAULT_POOL).unwrap();
     assert_eq!(a.id, blocker);
     let new_high = submit(&mut core, 360_000, TaskSpec::new("k").priority(5));
@@ -98,7 +104,11 @@ fn strict_priority_baseline_lets_the_low_task_starve() {
 fn within_a_level_the_group_furthest_below_its_share_goes_first() {
     let mut core = core_with_slots(1);
     // Group "busy" has used an hour of run time; "quiet" nothing.
-    let busy = submit(&mut core, 0, TaskSpec::new("k").group("busy"));
+    let busy = submit(
+        &mut core,
+        0,
+        TaskSpec::new("k").group("busy").max_runtime_ms(2 * HOUR),
+    );
     let a = core.next_assignment(0, DEFAULT_POOL).unwrap();
     assert_eq!(a.id, busy);
     let busy2 = submit(&mut core, 1_000, TaskSpec::new("k").group("busy"));
@@ -116,7 +126,11 @@ fn an_idle_group_cannot_bank_credit() {
     let mut now = 0;
     for _ in 0..4 {
         for g in ["a", "b"] {
-            submit(&mut core, now, TaskSpec::new("k").group(g));
+            submit(
+                &mut core,
+                now,
+                TaskSpec::new("k").group(g).max_runtime_ms(HOUR),
+            );
             let w = core.next_assignment(now, DEFAULT_POOL).unwrap();
             now += 60_000;
             succeed(&mut core, now, &w);
@@ -638,4 +652,55 @@ fn tasks_run_only_in_their_pool() {
     let gpu = submit(&mut core, 0, TaskSpec::new("train").pool("gpu/team-a"));
     assert!(core.next_assignment(0, DEFAULT_POOL).is_none());
     assert_eq!(core.next_assignment(0, "gpu/team-a").unwrap().id, gpu);
+}
+
+/// One slot, a priority-5 task arriving every 100 ms and running 100 ms (the slot is never
+/// idle), and one priority-0 task that ages 1 point a minute. Returns when it started.
+fn start_of_low_task_under_flood(policy: PolicyKind, horizon: Millis) -> Option<Millis> {
+    let mut core = Core::new(CoreConfig {
+        policy,
+        ..CoreConfig::default()
+    });
+    core.set_pool_slots(0, DEFAULT_POOL, 1);
+    let low = submit(
+        &mut core,
+        0,
+        TaskSpec::new("k").priority(0).ageing(Ageing::Linear {
+            per_minute: 1.0,
+            cap: 10.0,
+        }),
+    );
+    let mut running: Option<Assignment> = None;
+    let mut now = 0;
+    while now <= horizon {
+        submit(&mut core, now, TaskSpec::new("k").priority(5));
+        if let Some(work) = running.take() {
+            succeed(&mut core, now, &work);
+        }
+        let work = core
+            .next_assignment(now, DEFAULT_POOL)
+            .expect("always work");
+        if work.id == low {
+            return Some(now);
+        }
+        running = Some(work);
+        now += 100;
+    }
+    None
+}
+
+#[test]
+fn ageing_bounds_the_wait_of_a_low_priority_task_under_a_flood() {
+    // Documented bound: the wait to reach the top level (priority 5 → 5 points at 1/min =
+    // 5 min, strictly above it 6 min) plus the tasks of that level older than it (none).
+    let started = start_of_low_task_under_flood(PolicyKind::Handyman, 3_600_000);
+    assert!(
+        matches!(started, Some(t) if t <= 360_000 + 100),
+        "{started:?}"
+    );
+    // The baselines without ageing let it starve for the whole hour.
+    assert_eq!(
+        start_of_low_task_under_flood(PolicyKind::StrictPriority, 3_600_000),
+        None
+    );
 }

@@ -1,8 +1,9 @@
 //! Fails transiently while `attempt <= failures`, then succeeds: exercises retries, backoff
 //! and the attempt counter.
 //!
-//! Payload: `{"failures": N}` (N defaults to 1 when the field is absent).
-//! Attempt k <= N: `transient("flaky: planned failure k of N")`.
+//! Payload: `{"failures": N, "retry_after_ms": M}`; N defaults to 1, M is optional.
+//! Attempt k <= N: `transient("flaky: planned failure k of N")`, or, when M is given, the
+//! outcome `retry-after(M)` (the handler's own choice of backoff).
 //! Attempt k > N: `done({"succeeded_on_attempt": k, "planned_failures": N})`.
 
 use handyman_guest::{export_handler, Failure, Handler, Outcome, Task};
@@ -13,6 +14,8 @@ use serde::{Deserialize, Serialize};
 struct Payload {
     #[serde(default = "one")]
     failures: u32,
+    #[serde(default)]
+    retry_after_ms: Option<u64>,
 }
 
 fn one() -> u32 {
@@ -31,6 +34,9 @@ impl Handler for Flaky {
     fn run(task: Task) -> Result<Outcome, Failure> {
         let p: Payload = task.payload_json()?;
         if task.attempt <= p.failures {
+            if let Some(ms) = p.retry_after_ms {
+                return Ok(Outcome::RetryAfter(ms));
+            }
             return Err(Failure::transient(format!(
                 "flaky: planned failure {} of {}",
                 task.attempt, p.failures

@@ -1,0 +1,174 @@
+//! The core's full task lifecycle (submit → assign → finish) with a standing queue of 1k,
+//! 100k and 1M tasks over 10,000 groups, and the memory each queued task costs.
+//!
+//! `cargo bench --bench core_lifecycle` prints criterion's figures, then a summary line per
+//! queue size with lifecycles/s and the cost ratio from 1k to 1M queued.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, BatchSize, Criterion};
+use handyman_core::{
+    Ageing, AttemptOutcome, Core, CoreConfig, GroupConfig, Report, TaskSpec, DEFAULT_POOL,
+};
+
+/// Counts live heap bytes, to measure what a queued task costs.
+struct CountingAlloc;
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+const GROUPS: u64 = 10_000;
+
+/// A small deterministic generator (no RNG state in the measured loop).
+fn mix(i: u64) -> u64 {
+    let mut x = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+fn spec(i: u64) -> TaskSpec {
+    let r = mix(i);
+    let mut spec = TaskSpec::new("noop")
+        .group(format!("pipeline-{}", r % GROUPS))
+        .priority((r >> 20) as i32 % 5);
+    if r & 1 == 0 {
+        spec = spec.ageing(Ageing::Linear {
+            per_minute: 1.0,
+            cap: 10.0,
+        });
+    }
+    spec
+}
+
+struct Bench {
+    core: Core,
+    next: u64,
+    now: u64,
+}
+
+fn standing_queue(queued: u64) -> Bench {
+    let mut core = Core::new(CoreConfig::default());
+    core.set_pool_slots(0, DEFAULT_POOL, 1);
+    for g in 0..GROUPS {
+        core.configure_group(
+            0,
+            &format!("pipeline-{g}"),
+            GroupConfig {
+                weight: 1 + (g % 3) as u32,
+                cap: 4,
+                floor: 1,
+            },
+        );
+    }
+    for i in 0..queued {
+        core.submit(i / 64, spec(i)).expect("valid spec");
+        if i % 4096 == 0 {
+            core.drain_journal();
+        }
+    }
+    core.drain_journal();
+    Bench {
+        core,
+        next: queued,
+        now: queued / 64,
+    }
+}
+
+impl Bench {
+    /// One lifecycle: a new task arrives, the best queued task is assigned and succeeds.
+    fn lifecycle(&mut self) {
+        self.now += 1;
+        let spec = spec(self.next);
+        self.next += 1;
+        self.core.submit(self.now, spec).expect("valid spec");
+        let work = self
+            .core
+            .next_assignment(self.now, DEFAULT_POOL)
+            .expect("a queued task");
+        self.core
+            .report(
+                self.now,
+                work.id,
+                work.attempt,
+                Report::Finished(AttemptOutcome::Success { output: Vec::new() }),
+            )
+            .expect("current attempt");
+        if self.core.pending_events() > 4096 {
+            self.core.drain_journal();
+        }
+    }
+}
+
+fn lifecycles(c: &mut Criterion) {
+    let mut group = c.benchmark_group("lifecycle");
+    group.measurement_time(Duration::from_secs(4));
+    for queued in [1_000u64, 100_000, 1_000_000] {
+        let mut bench = standing_queue(queued);
+        group.bench_function(format!("{queued}_queued"), |b| {
+            b.iter_batched(|| (), |_| bench.lifecycle(), BatchSize::SmallInput)
+        });
+    }
+    group.finish();
+}
+
+/// Median-of-runs figures printed for the README, measured in this same process.
+fn summary() {
+    let mut per_op = Vec::new();
+    for queued in [1_000u64, 100_000, 1_000_000] {
+        let before = LIVE_BYTES.load(Ordering::Relaxed);
+        let mut bench = standing_queue(queued);
+        let after = LIVE_BYTES.load(Ordering::Relaxed);
+        let bytes_per_task = (after - before) as f64 / queued as f64;
+        let mut runs = Vec::new();
+        for _ in 0..7 {
+            let n = 200_000;
+            let start = Instant::now();
+            for _ in 0..n {
+                bench.lifecycle();
+            }
+            runs.push(start.elapsed().as_secs_f64() * 1e9 / n as f64);
+        }
+        runs.sort_by(|a, b| a.total_cmp(b));
+        let median_ns = runs[runs.len() / 2];
+        per_op.push(median_ns);
+        println!(
+            "summary: queued={queued:>9} groups={GROUPS} median {median_ns:>7.0} ns/lifecycle = {:>9.0} lifecycles/s; {bytes_per_task:.0} bytes per queued task (incl. its terminal record)",
+            1e9 / median_ns
+        );
+        drop(bench);
+    }
+    println!(
+        "summary: cost per lifecycle 1M vs 1k queued: {:.2}x",
+        per_op[2] / per_op[0]
+    );
+}
+
+criterion_group!(benches, lifecycles);
+
+fn main() {
+    summary();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

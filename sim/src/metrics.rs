@@ -1,0 +1,341 @@
+//! Metrics of a run, computed from the journal mirror: waits, turnaround, bounded slowdown,
+//! fairness (Jain's index of service received vs entitled), share lag, starvation,
+//! utilisation and throughput.
+
+use std::collections::BTreeMap;
+
+use handyman_core::{Millis, TaskState};
+use serde::Serialize;
+
+use crate::sim::{GroupRec, RunOutput, TaskRec, ViolationRecord};
+
+/// Bounded slowdown's floor on the run time (Feitelson's τ): 10 s.
+pub const SLOWDOWN_TAU_MS: Millis = 10_000;
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Dist {
+    pub count: u64,
+    pub mean: f64,
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+impl Dist {
+    pub fn of(values: &mut [u64]) -> Dist {
+        if values.is_empty() {
+            return Dist::default();
+        }
+        values.sort_unstable();
+        let n = values.len();
+        let q = |p: f64| values[(((n - 1) as f64) * p).round() as usize];
+        Dist {
+            count: n as u64,
+            mean: values.iter().map(|v| *v as f64).sum::<f64>() / n as f64,
+            p50: q(0.5),
+            p99: q(0.99),
+            max: values[n - 1],
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Slowdown {
+    pub mean: f64,
+    pub p99: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ShareLag {
+    /// Mean |received − entitled| per contending group and window, in ms.
+    pub mean_abs: f64,
+    pub max_abs: f64,
+}
+
+/// The JSON summary of a run (`handyman-sim run --json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub seed: u64,
+    pub policy: String,
+    pub scenario: String,
+    pub tasks_submitted: u64,
+    pub tasks_succeeded: u64,
+    pub tasks_failed: u64,
+    pub tasks_cancelled: u64,
+    pub tasks_lost: u64,
+    pub invariant_violations: Vec<ViolationRecord>,
+    pub journal_hash: String,
+    pub events: u64,
+    pub wait_ms: Dist,
+    pub wait_ms_by_size: BTreeMap<String, Dist>,
+    pub wait_ms_by_priority: BTreeMap<String, Dist>,
+    pub turnaround_ms: Dist,
+    pub bounded_slowdown: Slowdown,
+    pub jain_index: f64,
+    pub share_lag_ms: ShareLag,
+    pub starvation_threshold_ms: Millis,
+    pub starvation_count: u64,
+    pub utilisation: f64,
+    pub throughput_per_hour: f64,
+    pub duplicates_returned: u64,
+    pub stale_reports: u64,
+    pub host_crashes: u64,
+    pub core_checks: u64,
+    pub faults: crate::scenario::Faults,
+    pub simulated_ms: Millis,
+    pub wall_ms: f64,
+    pub events_per_s: f64,
+    pub speedup: f64,
+}
+
+/// A task's wait: from when it first became queued (dependencies met) to its first start.
+pub fn wait_of(t: &TaskRec) -> Option<Millis> {
+    (t.start != Millis::MAX && t.ready != Millis::MAX).then(|| t.start.saturating_sub(t.ready))
+}
+
+/// Per-window service of contending groups and what each was entitled to.
+///
+/// A group contends in a window if it had queued work in it. The window's service among
+/// contending groups is shared max-min fairly by weight (water-filling), each group capped
+/// by its hard cap and by its demand: a group backlogged for less than 95% of the window
+/// got what it asked for, so its demand is what it received; one backlogged all along
+/// wanted more. Returns, per window, `(group, received, entitled)`.
+pub fn shares(out: &RunOutput) -> Vec<Vec<(u32, f64, f64)>> {
+    let windows = out
+        .groups
+        .iter()
+        .map(|g| g.backlogged.len().max(g.service.len()))
+        .max()
+        .unwrap_or(0);
+    let mut result = Vec::with_capacity(windows);
+    for w in 0..windows {
+        let contending: Vec<(u32, &GroupRec)> = out
+            .groups
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.backlogged.get(w).copied().unwrap_or(0.0) > 0.0)
+            .map(|(i, g)| (i as u32, g))
+            .collect();
+        let service = |g: &GroupRec| g.service.get(w).copied().unwrap_or(0.0);
+        let total: f64 = contending.iter().map(|(_, g)| service(g)).sum();
+        // Water-filling: cap-limited groups get their cap, the rest share by weight.
+        let limit: Vec<f64> = contending
+            .iter()
+            .map(|(_, g)| {
+                let cap = f64::from(g.config.cap) * out.window_ms as f64;
+                let backlog = g.backlogged.get(w).copied().unwrap_or(0.0);
+                if backlog >= 0.95 * out.window_ms as f64 {
+                    cap
+                } else {
+                    cap.min(service(g))
+                }
+            })
+            .collect();
+        let mut entitled = vec![0.0; contending.len()];
+        let mut open: Vec<usize> = (0..contending.len()).collect();
+        let mut left = total;
+        while !open.is_empty() && left > 1e-9 {
+            let weights: f64 = open
+                .iter()
+                .map(|&i| f64::from(contending[i].1.config.weight.max(1)))
+                .sum();
+            let mut capped = Vec::new();
+            for &i in &open {
+                let g = contending[i].1;
+                let share = left * f64::from(g.config.weight.max(1)) / weights;
+                if entitled[i] + share >= limit[i] {
+                    capped.push(i);
+                }
+            }
+            if capped.is_empty() {
+                for &i in &open {
+                    let g = contending[i].1;
+                    entitled[i] += left * f64::from(g.config.weight.max(1)) / weights;
+                }
+                break;
+            }
+            for &i in &capped {
+                left -= limit[i] - entitled[i];
+                entitled[i] = limit[i];
+            }
+            open.retain(|i| !capped.contains(i));
+        }
+        result.push(
+            contending
+                .iter()
+                .zip(entitled)
+                .map(|((i, g), e)| (*i, service(g), e))
+                .collect(),
+        );
+    }
+    result
+}
+
+/// Jain's index of `received / entitled` over windows with at least two contending groups,
+/// weighted by the window's service; 1.0 when groups never contend.
+pub fn jain(shares: &[Vec<(u32, f64, f64)>]) -> (f64, ShareLag) {
+    let (mut num, mut den) = (0.0, 0.0);
+    let (mut lag_sum, mut lag_n, mut lag_max) = (0.0, 0u64, 0.0f64);
+    for window in shares {
+        for (_, got, entitled) in window {
+            let lag = (got - entitled).abs();
+            lag_sum += lag;
+            lag_n += 1;
+            lag_max = lag_max.max(lag);
+        }
+        let xs: Vec<f64> = window
+            .iter()
+            .filter(|(_, _, e)| *e > 0.0)
+            .map(|(_, got, e)| got / e)
+            .collect();
+        if xs.len() < 2 {
+            continue;
+        }
+        let s: f64 = xs.iter().sum();
+        let s2: f64 = xs.iter().map(|x| x * x).sum();
+        if s2 <= 0.0 {
+            continue;
+        }
+        let j = s * s / (xs.len() as f64 * s2);
+        let weight: f64 = window.iter().map(|(_, got, _)| got).sum();
+        num += j * weight;
+        den += weight;
+    }
+    let index = if den > 0.0 { num / den } else { 1.0 };
+    let lag = ShareLag {
+        mean_abs: if lag_n > 0 {
+            lag_sum / lag_n as f64
+        } else {
+            0.0
+        },
+        max_abs: lag_max,
+    };
+    (index, lag)
+}
+
+pub fn summarise(out: &RunOutput, scenario_name: &str) -> Summary {
+    let mut waits = Vec::with_capacity(out.tasks.len());
+    let mut by_size: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut by_prio: BTreeMap<i32, Vec<u64>> = BTreeMap::new();
+    let mut turnaround = Vec::with_capacity(out.tasks.len());
+    let mut slowdowns = Vec::with_capacity(out.tasks.len());
+    let (mut succeeded, mut failed, mut cancelled, mut lost) = (0, 0, 0, 0);
+    let mut starved = 0;
+    let mut ran_total = 0.0;
+    for t in &out.tasks {
+        match t.state {
+            TaskState::Succeeded => succeeded += 1,
+            TaskState::Failed => failed += 1,
+            TaskState::Cancelled => cancelled += 1,
+            _ => lost += 1,
+        }
+        ran_total += t.ran_ms as f64;
+        if let Some(w) = wait_of(t) {
+            waits.push(w);
+            let size = out.groups[t.group as usize].size.name().to_string();
+            by_size.entry(size).or_default().push(w);
+            by_prio.entry(t.priority).or_default().push(w);
+            if w > out.starvation_threshold_ms {
+                starved += 1;
+            }
+        }
+        if t.finish != Millis::MAX && t.start != Millis::MAX {
+            let ta = t.finish.saturating_sub(t.submit);
+            turnaround.push(ta);
+            let run = t.ran_ms.max(SLOWDOWN_TAU_MS) as f64;
+            slowdowns.push((ta as f64 / run).max(1.0));
+        }
+    }
+    // Tasks the workload submitted that the journal never showed count as lost too.
+    lost += out.accepted.saturating_sub(out.tasks.len() as u64);
+    slowdowns.sort_by(f64::total_cmp);
+    let slowdown = Slowdown {
+        mean: if slowdowns.is_empty() {
+            1.0
+        } else {
+            slowdowns.iter().sum::<f64>() / slowdowns.len() as f64
+        },
+        p99: slowdowns
+            .get(((slowdowns.len().max(1) - 1) as f64 * 0.99).round() as usize)
+            .copied()
+            .unwrap_or(1.0),
+    };
+    let (jain_index, share_lag_ms) = jain(&shares(out));
+    let slot_ms: f64 = out.pools.iter().map(|p| p.slot_ms).sum();
+    let hours = out.simulated_ms as f64 / 3_600_000.0;
+    let secs = out.wall_ms / 1e3;
+    Summary {
+        seed: out.seed,
+        policy: out.policy.name().to_string(),
+        scenario: scenario_name.to_string(),
+        tasks_submitted: out.tasks.len() as u64,
+        tasks_succeeded: succeeded,
+        tasks_failed: failed,
+        tasks_cancelled: cancelled,
+        tasks_lost: lost,
+        invariant_violations: out.violations.clone(),
+        journal_hash: format!("{:016x}", out.journal_hash),
+        events: out.events,
+        wait_ms: Dist::of(&mut waits),
+        wait_ms_by_size: by_size
+            .into_iter()
+            .map(|(k, mut v)| (k, Dist::of(&mut v)))
+            .collect(),
+        wait_ms_by_priority: by_prio
+            .into_iter()
+            .map(|(k, mut v)| (k.to_string(), Dist::of(&mut v)))
+            .collect(),
+        turnaround_ms: Dist::of(&mut turnaround),
+        bounded_slowdown: slowdown,
+        jain_index,
+        share_lag_ms,
+        starvation_threshold_ms: out.starvation_threshold_ms,
+        starvation_count: starved,
+        utilisation: if slot_ms > 0.0 {
+            ran_total / slot_ms
+        } else {
+            0.0
+        },
+        throughput_per_hour: if hours > 0.0 {
+            (succeeded + failed + cancelled) as f64 / hours
+        } else {
+            0.0
+        },
+        duplicates_returned: out.duplicates,
+        stale_reports: out.stale_reports,
+        host_crashes: out.host_crashes,
+        core_checks: out.core_checks,
+        faults: out.faults.clone(),
+        simulated_ms: out.simulated_ms,
+        wall_ms: out.wall_ms,
+        events_per_s: if secs > 0.0 {
+            out.events as f64 / secs
+        } else {
+            0.0
+        },
+        speedup: if secs > 0.0 {
+            out.simulated_ms as f64 / 1e3 / secs
+        } else {
+            0.0
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_a_small_sample() {
+        let d = Dist::of(&mut [5, 1, 3, 2, 4]);
+        assert_eq!((d.p50, d.max, d.count), (3, 5, 5));
+    }
+
+    #[test]
+    fn jain_is_one_when_shares_match_entitlement_and_half_when_one_of_two_gets_all() {
+        let fair = vec![vec![(0, 10.0, 10.0), (1, 10.0, 10.0)]];
+        assert!((jain(&fair).0 - 1.0).abs() < 1e-9);
+        let unfair = vec![vec![(0, 20.0, 10.0), (1, 0.0, 10.0)]];
+        assert!((jain(&unfair).0 - 0.5).abs() < 1e-9);
+    }
+}
