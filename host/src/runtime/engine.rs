@@ -1,9 +1,10 @@
 //! The one wasmtime `Engine` of a runtime, the epoch ticker, and the on-disk cache of compiled
 //! components.
 
+use std::collections::BTreeMap;
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -97,32 +98,51 @@ pub(crate) fn compile(
         return compile_now();
     };
     let path = cache_path(engine, bytes, dir);
-    if path.is_file() {
-        // SAFETY: `deserialize_file` trusts its input to be an artifact that wasmtime wrote.
-        // We only read from our own cache directory, whose files we write ourselves from
-        // `Component::serialize`, under a name that includes the engine's compatibility hash.
-        match unsafe { Component::deserialize_file(engine, &path) } {
-            Ok(component) => {
-                tracing::debug!(kind, path = %path.display(), "loaded compiled component from cache");
-                return Ok(component);
-            }
-            Err(e) => {
-                tracing::warn!(kind, path = %path.display(), error = %format!("{e:#}"),
-                    "unusable cache entry; compiling again");
-            }
-        }
+    if let Some(component) = load_cached(engine, kind, &path) {
+        return Ok(component);
+    }
+    // One compilation of a given component at a time per process: a second runtime asking
+    // for the same component waits, then finds it in the cache.
+    static COMPILING: Mutex<BTreeMap<PathBuf, Arc<Mutex<()>>>> = Mutex::new(BTreeMap::new());
+    let slot = COMPILING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(path.clone())
+        .or_default()
+        .clone();
+    let _one_at_a_time = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(component) = load_cached(engine, kind, &path) {
+        return Ok(component);
     }
     let started = std::time::Instant::now();
     let component = compile_now()?;
-    tracing::info!(
-        kind,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "compiled component"
-    );
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    tracing::info!(kind, elapsed_ms, "compiled component");
     if let Err(e) = write_cache(&component, &path, dir) {
         tracing::warn!(kind, path = %path.display(), error = %e, "cannot cache the compiled component");
     }
     Ok(component)
+}
+
+/// The component compiled earlier into `path`, if it is there and loads.
+fn load_cached(engine: &Engine, kind: &str, path: &Path) -> Option<Component> {
+    if !path.is_file() {
+        return None;
+    }
+    // SAFETY: `deserialize_file` trusts its input to be an artifact that wasmtime wrote.
+    // We only read from our own cache directory, whose files we write ourselves from
+    // `Component::serialize`, under a name that includes the engine's compatibility hash.
+    match unsafe { Component::deserialize_file(engine, path) } {
+        Ok(component) => {
+            tracing::debug!(kind, path = %path.display(), "loaded compiled component from cache");
+            Some(component)
+        }
+        Err(e) => {
+            tracing::warn!(kind, path = %path.display(), error = %format!("{e:#}"),
+                "unusable cache entry; compiling again");
+            None
+        }
+    }
 }
 
 fn write_cache(component: &Component, path: &Path, dir: &Path) -> Result<(), String> {

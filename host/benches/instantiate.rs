@@ -1,0 +1,119 @@
+//! Cost of one attempt of the `noop` plugin: instantiate from the kind's reused `InstancePre`
+//! in a fresh `Store`, call `run`, tear down. Also how far past its time limit an endless loop
+//! runs before the epoch ticker stops it.
+//!
+//! ```text
+//! HANDYMAN_PLUGINS_DIR=plugins/dist cargo bench -p handyman-host --bench instantiate
+//! ```
+//!
+//! Criterion reports the mean and median; the custom loops print p50 / p99 / max.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use handyman_host::runtime::{AttemptInput, AttemptOutcome, KindConfig, Runtime, RuntimeConfig};
+
+fn plugins_dir() -> PathBuf {
+    match std::env::var_os("HANDYMAN_PLUGINS_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist"),
+    }
+}
+
+fn runtime_with(kind: &str, config: KindConfig) -> Runtime {
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(std::env::temp_dir().join("handyman-bench-cache")),
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
+    let path = plugins_dir().join(format!("{kind}.wasm"));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; build the plugins or set HANDYMAN_PLUGINS_DIR",
+            path.display()
+        )
+    });
+    runtime
+        .add_kind(kind, &bytes, config)
+        .expect("plugin loads");
+    runtime
+}
+
+fn input(attempt: u32) -> AttemptInput {
+    AttemptInput {
+        task_id: 1,
+        attempt,
+        payload: b"{}".to_vec(),
+        ..AttemptInput::default()
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[index]
+}
+
+fn report(name: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    println!(
+        "{name}: n={} p50={:?} p99={:?} max={:?}",
+        samples.len(),
+        percentile(&samples, 0.50),
+        percentile(&samples, 0.99),
+        percentile(&samples, 1.0),
+    );
+}
+
+fn noop_attempt(c: &mut Criterion) {
+    let runtime = runtime_with("noop", KindConfig::default());
+    // Warm up the pool's slots, then measure a histogram of single attempts.
+    for i in 0..200 {
+        let _ = runtime.run_attempt("noop", input(i));
+    }
+    let samples: Vec<Duration> = (0..5_000)
+        .map(|i| {
+            let started = Instant::now();
+            let result = runtime.run_attempt("noop", input(i)).expect("noop runs");
+            let took = started.elapsed();
+            assert!(matches!(result.outcome, AttemptOutcome::Done(_)));
+            took
+        })
+        .collect();
+    report("noop attempt (instantiate + run + teardown)", samples);
+
+    c.bench_function("noop attempt", |b| {
+        let mut attempt = 0;
+        b.iter(|| {
+            attempt += 1;
+            runtime
+                .run_attempt("noop", input(attempt))
+                .expect("noop runs")
+        })
+    });
+}
+
+fn timeout_overshoot(_c: &mut Criterion) {
+    let limit = Duration::from_millis(100);
+    let config = KindConfig {
+        max_runtime: limit,
+        ..KindConfig::default()
+    };
+    let runtime = runtime_with("spin", config);
+    let samples: Vec<Duration> = (0..30)
+        .map(|i| {
+            let started = Instant::now();
+            let result = runtime.run_attempt("spin", input(i)).expect("spin runs");
+            assert_eq!(result.outcome, AttemptOutcome::Timeout);
+            started.elapsed().saturating_sub(limit)
+        })
+        .collect();
+    report("spin: time past its 100 ms limit", samples);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(5));
+    targets = noop_attempt, timeout_overshoot
+}
+criterion_main!(benches);
