@@ -120,7 +120,7 @@ pub enum InterruptReason {
 #[serde(rename_all = "snake_case", tag = "outcome")]
 pub enum AttemptOutcome {
     Success {
-        #[serde(with = "output_bytes")]
+        #[serde(with = "crate::spec::bytes_as_text")]
         output: Vec<u8>,
     },
     /// Worth retrying.
@@ -144,31 +144,6 @@ impl AttemptOutcome {
             self,
             AttemptOutcome::Success { .. } | AttemptOutcome::ContinueLater
         )
-    }
-}
-
-mod output_bytes {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    #[derive(Serialize, Deserialize)]
-    #[serde(untagged)]
-    enum Repr {
-        Text(String),
-        Bytes(Vec<u8>),
-    }
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        match std::str::from_utf8(bytes) {
-            Ok(text) => text.serialize(s),
-            Err(_) => bytes.serialize(s),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        Ok(match Repr::deserialize(d)? {
-            Repr::Text(text) => text.into_bytes(),
-            Repr::Bytes(bytes) => bytes,
-        })
     }
 }
 

@@ -52,7 +52,7 @@ pub struct TaskSpec {
     /// Tasks submitted when this one fails or is cancelled.
     pub on_failure: Vec<TaskSpec>,
     /// Opaque bytes handed to the handler.
-    #[serde(with = "payload_bytes")]
+    #[serde(with = "bytes_as_text")]
     pub payload: Vec<u8>,
 }
 
@@ -230,9 +230,9 @@ impl Default for GroupConfig {
     }
 }
 
-mod payload_bytes {
-    //! Payloads are bytes; in JSON they are written as a string when they are UTF-8 (the
-    //! common case: JSON payloads), and as an array of numbers otherwise.
+pub(crate) mod bytes_as_text {
+    //! Payloads and outputs are bytes; in JSON they are written as a string when they are
+    //! UTF-8 (the common case: JSON payloads), and as an array of numbers otherwise.
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     #[derive(Serialize, Deserialize)]
