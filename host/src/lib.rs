@@ -11,6 +11,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod driver;
+mod event_decode;
 pub mod executor;
 pub mod metrics;
 pub mod runtime;

@@ -202,31 +202,43 @@ impl Storage for SqliteStorage {
         &mut self,
         sink: &mut dyn FnMut(Event) -> Result<(), String>,
     ) -> Result<u64, StorageError> {
-        // Decoding runs on a thread of its own, reading and replay on this one: on a restart
-        // with a long journal decoding takes about as long as replay.
-        use crossbeam_channel::TrySendError;
+        // Decoding runs on threads of their own, reading and replay on this one: on a restart
+        // with a long journal decoding takes longer than replay. Row `i` goes to decoder
+        // `i % DECODERS` and its events come back through that decoder's channel, so taking
+        // the answers round robin keeps them in journal order.
+        use crossbeam_channel::{Receiver, Sender, TrySendError};
         type Decoded = Result<Vec<Event>, StorageError>;
+        const DECODERS: usize = 2;
+        const QUEUE: usize = 16;
         let mut stmt = self
             .conn
             .prepare("SELECT first_seq, events FROM journal ORDER BY first_seq")?;
         let mut rows = stmt.query([])?;
-        let (raw_tx, raw_rx) = crossbeam_channel::bounded::<(i64, Vec<u8>)>(32);
-        let (tx, rx) = crossbeam_channel::bounded::<Decoded>(32);
         std::thread::scope(|scope| {
-            scope.spawn(move || {
-                for (first_seq, blob) in raw_rx {
-                    let decoded = serde_json::from_slice::<Vec<Event>>(&blob).map_err(|source| {
-                        StorageError::Decode {
-                            first_seq: first_seq as u64,
-                            source,
+            // Created in here so that an early return drops them before the scope joins the
+            // decoders: a decoder blocked on a full channel then wakes up and stops.
+            let mut raw_txs: Vec<Sender<(i64, Vec<u8>)>> = Vec::with_capacity(DECODERS);
+            let mut rxs: Vec<Receiver<Decoded>> = Vec::with_capacity(DECODERS);
+            for _ in 0..DECODERS {
+                let (raw_tx, raw_rx) = crossbeam_channel::bounded::<(i64, Vec<u8>)>(QUEUE);
+                let (tx, rx) = crossbeam_channel::bounded::<Decoded>(QUEUE);
+                raw_txs.push(raw_tx);
+                rxs.push(rx);
+                scope.spawn(move || {
+                    for (first_seq, blob) in raw_rx {
+                        let decoded = crate::event_decode::decode_events(&blob).map_err(|source| {
+                            StorageError::Decode {
+                                first_seq: first_seq as u64,
+                                source,
+                            }
+                        });
+                        let failed = decoded.is_err();
+                        if tx.send(decoded).is_err() || failed {
+                            return;
                         }
-                    });
-                    let failed = decoded.is_err();
-                    if tx.send(decoded).is_err() || failed {
-                        return;
                     }
-                }
-            });
+                });
+            }
             let mut count = 0u64;
             let mut apply = |decoded: Decoded| -> Result<(), StorageError> {
                 for event in decoded? {
@@ -245,29 +257,38 @@ impl Storage for SqliteStorage {
                     .to_vec();
                 let mut item = (first_seq, blob);
                 loop {
-                    match raw_tx.try_send(item) {
+                    match raw_txs[sent % DECODERS].try_send(item) {
                         Ok(()) => break,
                         Err(TrySendError::Full(back)) => {
                             item = back;
-                            // The decoder has work queued: it will answer.
-                            if let Ok(d) = rx.recv() {
-                                received += 1;
-                                apply(d)?;
+                            // The oldest row not yet applied is queued or being decoded,
+                            // or its answer waits in its channel: it will come.
+                            match rxs[received % DECODERS].recv() {
+                                Ok(d) => {
+                                    received += 1;
+                                    apply(d)?;
+                                }
+                                Err(_) => break 'rows,
                             }
                         }
-                        // The decoder stopped on an error: it is waiting in `rx`.
+                        // That decoder stopped on an error: it is waiting in its channel.
                         Err(TrySendError::Disconnected(_)) => break 'rows,
                     }
                 }
                 sent += 1;
-                while let Ok(d) = rx.try_recv() {
-                    received += 1;
-                    apply(d)?;
+                while received < sent {
+                    match rxs[received % DECODERS].try_recv() {
+                        Ok(d) => {
+                            received += 1;
+                            apply(d)?;
+                        }
+                        Err(_) => break,
+                    }
                 }
             }
-            drop(raw_tx);
+            raw_txs.clear();
             while received < sent {
-                match rx.recv() {
+                match rxs[received % DECODERS].recv() {
                     Ok(d) => {
                         received += 1;
                         apply(d)?;
