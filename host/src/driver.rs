@@ -187,12 +187,7 @@ impl DriverHandle {
         &self,
         f: impl FnOnce(&mut QueryCtx<'_>) -> T + Send + 'static,
     ) -> Option<T> {
-        let (reply, rx) = oneshot::channel();
-        let q: Query = Box::new(move |ctx| {
-            let _ = reply.send(f(ctx));
-        });
-        self.tx.send(Command::Query(q)).ok()?;
-        rx.await.ok()
+        self.send_query(f)?.await.ok()
     }
 
     /// Same as [`DriverHandle::query`], from a thread outside any async runtime.
@@ -200,12 +195,20 @@ impl DriverHandle {
         &self,
         f: impl FnOnce(&mut QueryCtx<'_>) -> T + Send + 'static,
     ) -> Option<T> {
+        self.send_query(f)?.blocking_recv().ok()
+    }
+
+    /// Queues `f` for the driver thread; the receiver gets its answer.
+    fn send_query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut QueryCtx<'_>) -> T + Send + 'static,
+    ) -> Option<oneshot::Receiver<T>> {
         let (reply, rx) = oneshot::channel();
         let q: Query = Box::new(move |ctx| {
             let _ = reply.send(f(ctx));
         });
         self.tx.send(Command::Query(q)).ok()?;
-        rx.blocking_recv().ok()
+        Some(rx)
     }
 
     pub async fn shutdown(&self) {
