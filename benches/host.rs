@@ -6,7 +6,9 @@
 //! 2. submit→start: in-process driver, idle, one task at a time (durable submit included).
 //! 3. end to end: the real `handyman serve` binary, noop tasks submitted through the HTTP
 //!    API in batches, until all have durably succeeded.
-//! 4. restart: a journal of 1,000,000 submitted tasks written through the storage layer,
+//! 4. driver: end to end without HTTP or WASM: the in-process driver with durable storage
+//!    and handlers that return at once, to show what scheduling and storage alone sustain.
+//! 5. restart: a journal of 1,000,000 submitted tasks written through the storage layer,
 //!    then the driver's start (load + replay + recovery commit).
 
 use std::collections::HashMap;
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use handyman_core::{Core, CoreConfig, TaskId, TaskSpec};
 use handyman_host::driver::{self, DriverConfig};
+use handyman_host::executor::fake::FakeExecutor;
 use handyman_host::executor::{Executor, Job, JobResult, KindInfo, StopReason};
 use handyman_host::runtime::{AttemptInput, Runtime, RuntimeConfig};
 use handyman_host::storage::{Batch, SqliteStorage, Storage};
@@ -252,6 +255,72 @@ fn bench_end_to_end(tmp: &Path, total: usize, batch: usize, clients: usize) {
     );
 }
 
+/// CPU time this process has used so far (all threads), from /proc/self/stat: on a shared
+/// machine, CPU per task is steadier than wall time.
+fn process_cpu() -> Duration {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which is in parentheses and may hold spaces.
+            let rest = s.rsplit_once(')')?.1.to_string();
+            let fields: Vec<u64> = rest
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            Some(fields.iter().sum::<u64>())
+        })
+        .unwrap_or(0);
+    // The kernel reports clock ticks; USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+fn bench_driver(tmp: &Path, total: usize, batch: usize) {
+    let data = tmp.join("driver");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let exec = Arc::new(FakeExecutor::new().with("noop", "default", FakeExecutor::echo()));
+    let running = driver::start(
+        Box::new(SqliteStorage::open(&data).expect("open")),
+        exec,
+        DriverConfig {
+            default_slots: 64,
+            ..DriverConfig::default()
+        },
+    )
+    .expect("start");
+    let h = running.handle.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let start = Instant::now();
+    let cpu_start = process_cpu();
+    for _ in 0..total / batch {
+        rt.block_on(h.submit(vec![TaskSpec::new("noop"); batch]))
+            .expect("submit");
+    }
+    let submitted = start.elapsed();
+    let n = (total / batch * batch) as u64;
+    while h
+        .query_blocking(|ctx| ctx.core.counts().succeeded)
+        .expect("query")
+        < n
+    {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let all = start.elapsed();
+    let cpu = process_cpu().saturating_sub(cpu_start);
+    h.shutdown_blocking();
+    running.join();
+    println!(
+        "driver (in process, no HTTP, handlers return at once, 64 slots, durable both ways): {n} tasks in {:.2} s = {:.0} tasks/s, {:.1} µs CPU per task (submits alone {:.0} tasks/s)",
+        all.as_secs_f64(),
+        n as f64 / all.as_secs_f64(),
+        us(cpu) / n as f64,
+        n as f64 / submitted.as_secs_f64()
+    );
+}
+
 fn bench_restart(tmp: &Path, tasks: u64) {
     let data = tmp.join("restart");
     std::fs::create_dir_all(&data).expect("mkdir");
@@ -324,7 +393,7 @@ fn main() {
     let only: Option<&str> = args
         .iter()
         .skip(1)
-        .find(|a| ["attempt", "latency", "e2e", "restart"].contains(&a.as_str()))
+        .find(|a| ["attempt", "latency", "e2e", "driver", "restart"].contains(&a.as_str()))
         .map(String::as_str);
     let tmp = tempfile::tempdir().expect("tmp");
     let want = |name: &str| only.is_none_or(|o| o == name);
@@ -336,6 +405,9 @@ fn main() {
     }
     if want("e2e") {
         bench_end_to_end(tmp.path(), if quick { 20_000 } else { 200_000 }, 1000, 4);
+    }
+    if want("driver") {
+        bench_driver(tmp.path(), if quick { 50_000 } else { 200_000 }, 1000);
     }
     if want("restart") {
         bench_restart(tmp.path(), if quick { 100_000 } else { 1_000_000 });

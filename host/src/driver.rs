@@ -7,8 +7,8 @@
 //! submitters and sends the new attempts to the workers. Scheduling rules live in the core
 //! only: the driver never decides which task runs.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -240,7 +240,7 @@ struct Driver {
     pools: Vec<String>,
     clock: Clock,
     rx: Receiver<Command>,
-    jobs: Sender<Job>,
+    jobs: JobSender,
     running: HashMap<TaskId, RunningJob>,
     /// Tasks with a stored checkpoint or context.
     carried: HashSet<TaskId>,
@@ -332,7 +332,7 @@ pub fn start(
     }
     let carried: HashSet<TaskId> = storage.carried_ids()?.into_iter().collect();
     let (tx, rx) = crossbeam_channel::unbounded();
-    let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded::<Job>();
+    let job_queue = Arc::new(JobQueue::default());
     let total_slots: u32 = pools.values().sum();
     let recovery = Recovery {
         events,
@@ -349,7 +349,7 @@ pub fn start(
         pools: pools.keys().cloned().collect(),
         clock,
         rx,
-        jobs: jobs_tx,
+        jobs: JobSender(job_queue.clone()),
         running: HashMap::new(),
         carried,
         metrics: Metrics::default(),
@@ -360,7 +360,7 @@ pub fn start(
 
     let mut workers = Vec::new();
     for i in 0..total_slots.max(1) {
-        let jobs = jobs_rx.clone();
+        let jobs = job_queue.clone();
         let tx = tx.clone();
         let executor = executor.clone();
         let w = std::thread::Builder::new()
@@ -382,8 +382,70 @@ pub fn start(
     })
 }
 
-fn worker(jobs: Receiver<Job>, tx: Sender<Command>, executor: Arc<dyn Executor>) {
-    while let Ok(job) = jobs.recv() {
+/// The attempts waiting for a worker.
+///
+/// A mutex and a condition variable rather than a channel: with one thread per slot, a
+/// channel's receivers spin and yield before they sleep, and dozens of idle workers doing so
+/// took more CPU than the driver itself. The driver wakes one worker per batch, and each
+/// worker that takes a job while more wait wakes the next: the cost of waking spreads over
+/// the workers instead of holding up the driver.
+#[derive(Default)]
+struct JobQueue {
+    state: Mutex<JobQueueState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct JobQueueState {
+    jobs: VecDeque<Job>,
+    closed: bool,
+}
+
+impl JobQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, JobQueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push_all(&self, jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        self.lock().jobs.extend(jobs);
+        self.ready.notify_one();
+    }
+
+    /// The next job; `None` once the queue is closed and empty.
+    fn pop(&self) -> Option<Job> {
+        let mut state = self.lock();
+        loop {
+            if let Some(job) = state.jobs.pop_front() {
+                let more = !state.jobs.is_empty();
+                drop(state);
+                if more {
+                    self.ready.notify_one();
+                }
+                return Some(job);
+            }
+            if state.closed {
+                return None;
+            }
+            state = self.ready.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// The driver's end of the job queue: dropping it lets the workers end.
+struct JobSender(Arc<JobQueue>);
+
+impl Drop for JobSender {
+    fn drop(&mut self) {
+        self.0.lock().closed = true;
+        self.0.ready.notify_all();
+    }
+}
+
+fn worker(jobs: Arc<JobQueue>, tx: Sender<Command>, executor: Arc<dyn Executor>) {
+    while let Some(job) = jobs.pop() {
         let run = job.clone();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| executor.run(run)))
             .unwrap_or_else(|panic| {
@@ -450,7 +512,7 @@ impl Driver {
                             let _ = r.send(());
                         }
                     }
-                    // Dropping the jobs channel ends the workers.
+                    // Dropping the job queue's sender ends the workers.
                     return;
                 }
             }
@@ -537,9 +599,7 @@ impl Driver {
                 q(&mut ctx);
             }
         }
-        for job in jobs {
-            let _ = self.jobs.send(job);
-        }
+        self.jobs.0.push_all(jobs);
         for i in interrupts {
             match i.reason {
                 InterruptReason::Cancel => self.executor.stop(i.id, StopReason::Cancel),

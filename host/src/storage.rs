@@ -171,6 +171,10 @@ impl SqliteStorage {
             .map_err(open_err)?;
         conn.pragma_update(None, "cache_size", -65536)
             .map_err(open_err)?;
+        // Each checkpoint walks the whole page cache; checkpointing every 40 MB of WAL
+        // rather than every 4 MB made it a tenth of the cost under load.
+        conn.pragma_update(None, "wal_autocheckpoint", 10_000)
+            .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
         Ok(SqliteStorage { conn })
     }
