@@ -2,10 +2,12 @@
 //! commands, woken at the core's `next_wakeup()`.
 //!
 //! Each step gathers every command waiting in the channel (group commit), applies them to
-//! the core with one `now`, hands out assignments while slots are free, writes the drained
-//! journal, task rows and checkpoints in one transaction, and only then answers the
-//! submitters and sends the new attempts to the workers. Scheduling rules live in the core
-//! only: the driver never decides which task runs.
+//! the core with one `now`, hands out assignments while slots are free, and passes the
+//! drained journal, task rows and checkpoints to the writer thread. The writer commits what
+//! the steps gave it since its last commit in one transaction, and only then answers the
+//! submitters, sends the new attempts to the workers and stops cancelled ones: nothing
+//! leaves the host before it is durable, yet the driver goes on deciding while the disk
+//! syncs. Scheduling rules live in the core only: the driver never decides which task runs.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
@@ -233,14 +235,15 @@ struct RunningJob {
 
 struct Driver {
     core: Core,
-    storage: Box<dyn Storage>,
+    /// Shared with the writer, which holds it while it commits.
+    storage: SharedStorage,
+    writer: Writer,
     executor: Arc<dyn Executor>,
     kinds: Arc<Vec<KindInfo>>,
     kind_pools: HashMap<String, String>,
     pools: Vec<String>,
     clock: Clock,
     rx: Receiver<Command>,
-    jobs: JobSender,
     running: HashMap<TaskId, RunningJob>,
     /// Tasks with a stored checkpoint or context.
     carried: HashSet<TaskId>,
@@ -331,6 +334,7 @@ pub fn start(
         );
     }
     let carried: HashSet<TaskId> = storage.carried_ids()?.into_iter().collect();
+    let storage: SharedStorage = Arc::new(Mutex::new(storage));
     let (tx, rx) = crossbeam_channel::unbounded();
     let job_queue = Arc::new(JobQueue::default());
     let total_slots: u32 = pools.values().sum();
@@ -342,14 +346,14 @@ pub fn start(
     };
     let mut driver = Driver {
         core,
-        storage,
+        storage: storage.clone(),
+        writer: Writer::start(storage, JobSender(job_queue.clone()), executor.clone())?,
         executor: executor.clone(),
         kinds: kinds.clone(),
         kind_pools,
         pools: pools.keys().cloned().collect(),
         clock,
         rx,
-        jobs: JobSender(job_queue.clone()),
         running: HashMap::new(),
         carried,
         metrics: Metrics::default(),
@@ -444,6 +448,138 @@ impl Drop for JobSender {
     }
 }
 
+type SharedStorage = Arc<Mutex<Box<dyn Storage>>>;
+
+fn lock_storage(storage: &SharedStorage) -> std::sync::MutexGuard<'_, Box<dyn Storage>> {
+    storage.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Most step batches the writer folds into one transaction.
+const MAX_WRITES_PER_COMMIT: usize = 256;
+
+/// One step's output: what to write, and what may happen once it is durable.
+#[derive(Default)]
+struct Write {
+    batch: Batch,
+    replies: Vec<Reply>,
+    jobs: Vec<Job>,
+    cancels: Vec<TaskId>,
+}
+
+enum WriterMsg {
+    Write(Box<Write>),
+    /// Answered once everything sent before it is durable.
+    Flush(Sender<()>),
+}
+
+/// The writer thread: commits step batches in order, then lets their effects out.
+struct Writer {
+    tx: Option<Sender<WriterMsg>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(
+        storage: SharedStorage,
+        jobs: JobSender,
+        executor: Arc<dyn Executor>,
+    ) -> Result<Writer, StartError> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let thread = std::thread::Builder::new()
+            .name("handyman-writer".to_string())
+            .spawn(move || write_loop(rx, storage, jobs, executor))
+            .map_err(StartError::Thread)?;
+        Ok(Writer {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, write: Write) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(WriterMsg::Write(Box::new(write)));
+        }
+    }
+
+    /// Waits until everything sent so far is durable.
+    fn flush(&self) {
+        let (done, wait) = crossbeam_channel::bounded(1);
+        if let Some(tx) = &self.tx {
+            if tx.send(WriterMsg::Flush(done)).is_ok() {
+                let _ = wait.recv();
+            }
+        }
+    }
+}
+
+impl Drop for Writer {
+    /// Lets the writer commit what it still holds, and waits for it.
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn write_loop(
+    rx: Receiver<WriterMsg>,
+    storage: SharedStorage,
+    jobs: JobSender,
+    executor: Arc<dyn Executor>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut writes = Vec::new();
+        let mut flushed = Vec::new();
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                WriterMsg::Write(w) => writes.push(*w),
+                WriterMsg::Flush(done) => flushed.push(done),
+            }
+            if writes.len() < MAX_WRITES_PER_COMMIT {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !writes.is_empty() {
+            let batches: Vec<Batch> = writes
+                .iter_mut()
+                .map(|w| std::mem::take(&mut w.batch))
+                .collect();
+            if let Err(e) = lock_storage(&storage).commit_all(&batches) {
+                // The core has moved on without its journal being durable: only a restart,
+                // which replays what was committed, brings the two back together.
+                tracing::error!(error = %e, "commit failed; stopping so that a restart recovers");
+                eprintln!("handyman: commit failed: {e}");
+                std::process::exit(70);
+            }
+        }
+        let mut new_jobs = Vec::new();
+        let mut cancels = Vec::new();
+        for w in writes {
+            for reply in w.replies {
+                match reply {
+                    Reply::Submit(tx, r) => {
+                        let _ = tx.send(r);
+                    }
+                    Reply::Cancel(tx, r) => {
+                        let _ = tx.send(r);
+                    }
+                }
+            }
+            new_jobs.extend(w.jobs);
+            cancels.extend(w.cancels);
+        }
+        jobs.0.push_all(new_jobs);
+        for id in cancels {
+            executor.stop(id, StopReason::Cancel);
+        }
+        for done in flushed {
+            let _ = done.send(());
+        }
+    }
+}
+
 fn worker(jobs: Arc<JobQueue>, tx: Sender<Command>, executor: Arc<dyn Executor>) {
     while let Some(job) = jobs.pop() {
         let run = job.clone();
@@ -507,12 +643,13 @@ impl Driver {
             self.step(now, commands);
             if let Some((since, _)) = &self.shutting_down {
                 if self.running.is_empty() || since.elapsed() > SHUTDOWN_WAIT {
+                    self.writer.flush();
                     if let Some((_, replies)) = self.shutting_down.take() {
                         for r in replies {
                             let _ = r.send(());
                         }
                     }
-                    // Dropping the job queue's sender ends the workers.
+                    // Dropping the writer, and with it the job queue's sender, ends the workers.
                     return;
                 }
             }
@@ -567,44 +704,35 @@ impl Driver {
         } else {
             Vec::new()
         };
-        let interrupts = self.core.drain_interrupts();
+        // The executor enforces the time limit it was given itself: only cancels need it.
+        let cancels = self
+            .core
+            .drain_interrupts()
+            .into_iter()
+            .filter(|i| i.reason == InterruptReason::Cancel)
+            .map(|i| i.id)
+            .collect();
         batch.events = self.core.drain_journal();
         self.collect(now, &mut batch, outputs, progress);
-        if let Err(e) = self.storage.commit(&batch) {
-            // The core has moved on without its journal being durable: only a restart, which
-            // replays what was committed, brings the two back together.
-            tracing::error!(error = %e, "commit failed; stopping so that a restart recovers");
-            eprintln!("handyman: commit failed: {e}");
-            std::process::exit(70);
-        }
-        for reply in replies {
-            match reply {
-                Reply::Submit(tx, r) => {
-                    let _ = tx.send(r);
-                }
-                Reply::Cancel(tx, r) => {
-                    let _ = tx.send(r);
-                }
-            }
-        }
+        self.writer.send(Write {
+            batch,
+            replies,
+            jobs,
+            cancels,
+        });
         if !queries.is_empty() {
+            // Queries read what the commands before them wrote.
+            self.writer.flush();
+            let mut storage = lock_storage(&self.storage);
             let mut ctx = QueryCtx {
                 core: &self.core,
-                storage: self.storage.as_mut(),
+                storage: storage.as_mut(),
                 now,
                 metrics: &self.metrics,
                 kinds: &self.kinds,
             };
             for q in queries {
                 q(&mut ctx);
-            }
-        }
-        self.jobs.0.push_all(jobs);
-        for i in interrupts {
-            match i.reason {
-                InterruptReason::Cancel => self.executor.stop(i.id, StopReason::Cancel),
-                // The executor enforces the time limit it was given itself.
-                InterruptReason::Timeout => {}
             }
         }
     }
@@ -658,7 +786,9 @@ impl Driver {
                 };
                 let mut carry = Carry::default();
                 if self.carried.contains(&a.id) {
-                    match self.storage.carry(a.id) {
+                    // The carry may sit in a step the writer has not committed yet.
+                    self.writer.flush();
+                    match lock_storage(&self.storage).carry(a.id) {
                         Ok(Some(c)) => carry = c,
                         Ok(None) => {}
                         Err(e) => {
@@ -804,6 +934,13 @@ impl Driver {
             let Some(t) = self.core.task(id) else {
                 continue;
             };
+            let (output, progress) = (outputs.remove(&id), progress.remove(&id));
+            // The journal already holds every transition; a row holds what the journal does
+            // not (an output, the last progress) and a task's outcome once it ended. Writing
+            // a row at each submit and start as well tripled the writes per task.
+            if output.is_none() && progress.is_none() && !t.state.is_terminal() {
+                continue;
+            }
             batch.tasks.push(TaskRow {
                 id,
                 kind: t.kind,
@@ -812,8 +949,8 @@ impl Driver {
                 attempt: t.attempt,
                 updated_at: now,
                 reason: t.reason,
-                output: outputs.remove(&id),
-                progress: progress.remove(&id),
+                output,
+                progress,
             });
         }
     }

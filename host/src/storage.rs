@@ -98,8 +98,12 @@ pub trait Storage: Send {
         &mut self,
         sink: &mut dyn FnMut(Event) -> Result<(), String>,
     ) -> Result<u64, StorageError>;
-    /// Writes a batch atomically and durably.
-    fn commit(&mut self, batch: &Batch) -> Result<(), StorageError>;
+    /// Writes batches, in order, atomically and durably: one transaction for all of them.
+    fn commit_all(&mut self, batches: &[Batch]) -> Result<(), StorageError>;
+    /// Writes one batch atomically and durably.
+    fn commit(&mut self, batch: &Batch) -> Result<(), StorageError> {
+        self.commit_all(std::slice::from_ref(batch))
+    }
     fn task_row(&mut self, id: TaskId) -> Result<Option<TaskRow>, StorageError>;
     fn carry(&mut self, id: TaskId) -> Result<Option<Carry>, StorageError>;
     /// Ids of the tasks that carry a checkpoint or context.
@@ -114,7 +118,9 @@ pub trait Storage: Send {
 /// - `journal(first_seq INTEGER PRIMARY KEY, last_seq INTEGER, events BLOB)`: one row per
 ///   commit, the events as a JSON array (group commit writes one row, not one per event).
 /// - `tasks(id INTEGER PRIMARY KEY, kind, grp, state, attempt, updated_at, reason, output
-///   BLOB, progress REAL)`: the latest state of each task, for operators and outputs.
+///   BLOB, progress REAL)`: what the journal does not hold (outputs, the last progress), and
+///   the outcome of each task that ended. The state of a waiting, queued or running task is
+///   in the journal (and the core), not here.
 /// - `carries(task_id INTEGER PRIMARY KEY, checkpoint BLOB, context TEXT)`: what an
 ///   unfinished task hands its next attempt.
 /// - `attempts(task_id, attempt, outcome, cleanup, elapsed_us, PRIMARY KEY(task_id,
@@ -183,6 +189,69 @@ impl SqliteStorage {
 /// Encodes a batch of events as the journal stores them.
 pub fn encode_events(events: &[Event]) -> Result<Vec<u8>, StorageError> {
     serde_json::to_vec(events).map_err(StorageError::Encode)
+}
+
+/// One batch's rows, inside the caller's transaction.
+fn write_batch(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> Result<(), StorageError> {
+    if let (Some(first), Some(last)) = (batch.events.first(), batch.events.last()) {
+        let blob = encode_events(&batch.events)?;
+        tx.prepare_cached("INSERT INTO journal(first_seq, last_seq, events) VALUES (?1, ?2, ?3)")?
+            .execute(params![first.seq as i64, last.seq as i64, blob])?;
+    }
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO tasks(id, kind, grp, state, attempt, updated_at, reason, output, progress)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT(id) DO UPDATE SET state = excluded.state, attempt = excluded.attempt,
+               updated_at = excluded.updated_at, reason = excluded.reason,
+               output = COALESCE(excluded.output, tasks.output),
+               progress = COALESCE(excluded.progress, tasks.progress)",
+        )?;
+        for t in &batch.tasks {
+            stmt.execute(params![
+                t.id as i64,
+                t.kind,
+                t.group,
+                t.state,
+                t.attempt,
+                t.updated_at as i64,
+                t.reason,
+                t.output,
+                t.progress.map(f64::from),
+            ])?;
+        }
+    }
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO carries(task_id, checkpoint, context) VALUES (?1, ?2, ?3)
+             ON CONFLICT(task_id) DO UPDATE SET
+               checkpoint = COALESCE(excluded.checkpoint, carries.checkpoint),
+               context = excluded.context",
+        )?;
+        for (id, carry) in &batch.carries {
+            stmt.execute(params![*id as i64, carry.checkpoint, carry.context])?;
+        }
+        let mut del = tx.prepare_cached("DELETE FROM carries WHERE task_id = ?1")?;
+        for id in &batch.drop_carries {
+            del.execute([*id as i64])?;
+        }
+    }
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT OR REPLACE INTO attempts(task_id, attempt, outcome, cleanup, elapsed_us)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for a in &batch.attempts {
+            stmt.execute(params![
+                a.id as i64,
+                a.attempt,
+                a.outcome,
+                a.cleanup,
+                a.elapsed_us as i64
+            ])?;
+        }
+    }
+    Ok(())
 }
 
 impl Storage for SqliteStorage {
@@ -304,70 +373,13 @@ impl Storage for SqliteStorage {
         })
     }
 
-    fn commit(&mut self, batch: &Batch) -> Result<(), StorageError> {
-        if batch.is_empty() {
+    fn commit_all(&mut self, batches: &[Batch]) -> Result<(), StorageError> {
+        if batches.iter().all(Batch::is_empty) {
             return Ok(());
         }
         let tx = self.conn.transaction()?;
-        if let (Some(first), Some(last)) = (batch.events.first(), batch.events.last()) {
-            let blob = encode_events(&batch.events)?;
-            tx.prepare_cached(
-                "INSERT INTO journal(first_seq, last_seq, events) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![first.seq as i64, last.seq as i64, blob])?;
-        }
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO tasks(id, kind, grp, state, attempt, updated_at, reason, output, progress)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT(id) DO UPDATE SET state = excluded.state, attempt = excluded.attempt,
-                   updated_at = excluded.updated_at, reason = excluded.reason,
-                   output = COALESCE(excluded.output, tasks.output),
-                   progress = COALESCE(excluded.progress, tasks.progress)",
-            )?;
-            for t in &batch.tasks {
-                stmt.execute(params![
-                    t.id as i64,
-                    t.kind,
-                    t.group,
-                    t.state,
-                    t.attempt,
-                    t.updated_at as i64,
-                    t.reason,
-                    t.output,
-                    t.progress.map(f64::from),
-                ])?;
-            }
-        }
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO carries(task_id, checkpoint, context) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(task_id) DO UPDATE SET
-                   checkpoint = COALESCE(excluded.checkpoint, carries.checkpoint),
-                   context = excluded.context",
-            )?;
-            for (id, carry) in &batch.carries {
-                stmt.execute(params![*id as i64, carry.checkpoint, carry.context])?;
-            }
-            let mut del = tx.prepare_cached("DELETE FROM carries WHERE task_id = ?1")?;
-            for id in &batch.drop_carries {
-                del.execute([*id as i64])?;
-            }
-        }
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT OR REPLACE INTO attempts(task_id, attempt, outcome, cleanup, elapsed_us)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for a in &batch.attempts {
-                stmt.execute(params![
-                    a.id as i64,
-                    a.attempt,
-                    a.outcome,
-                    a.cleanup,
-                    a.elapsed_us as i64
-                ])?;
-            }
+        for batch in batches {
+            write_batch(&tx, batch)?;
         }
         tx.commit()?;
         Ok(())
