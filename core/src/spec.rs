@@ -16,44 +16,87 @@ use crate::{Millis, TaskId};
 ///     .max_runtime_ms(60_000);
 /// assert_eq!(spec.kind, "table-copy");
 /// ```
+// Fields at their default are left out when written: a journal's submit events are mostly
+// defaults, and a restart decodes every one of them. `default` fills them back in.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Hash)]
 #[serde(default, deny_unknown_fields)]
 pub struct TaskSpec {
     /// The handler that runs this task.
     pub kind: String,
     /// The worker pool it runs in (namespaced by convention, e.g. `team/gpu`).
+    #[serde(skip_serializing_if = "is_default_pool")]
     pub pool: String,
     /// The fair-share unit (a pipeline, a customer source).
+    #[serde(skip_serializing_if = "is_default_group")]
     pub group: String,
     /// Base priority: higher runs first. Ageing adds to it while the task waits.
+    #[serde(skip_serializing_if = "is_zero")]
     pub priority: i32,
     /// How the priority grows while the task waits.
+    #[serde(skip_serializing_if = "is_default")]
     pub ageing: Ageing,
     /// Tasks that must succeed before this one may start.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<DepRef>,
     /// Exclusive ordering inside a dependency group: a task starts only when no task of a
     /// higher rank in the same dependency group is still unfinished.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dependency_group: Option<String>,
     /// See `dependency_group`. Higher rank runs first.
+    #[serde(skip_serializing_if = "is_zero")]
     pub rank: i32,
     /// Longest an attempt may run before it is interrupted.
+    #[serde(skip_serializing_if = "is_default_max_runtime")]
     pub max_runtime_ms: Millis,
     /// What an interruption at `max_runtime_ms` means.
+    #[serde(skip_serializing_if = "is_default")]
     pub on_timeout: TimeoutMode,
     /// How many failed attempts are retried (so at most `max_retries + 1` failed attempts).
+    #[serde(skip_serializing_if = "is_default_max_retries")]
     pub max_retries: u32,
     /// Delay before a retry.
+    #[serde(skip_serializing_if = "is_default")]
     pub backoff: Backoff,
     /// A second submit with the same key, while the first task is not terminal, returns the
     /// first task's id instead of creating a task.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dedup_key: Option<String>,
     /// Tasks submitted when this one succeeds.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub on_success: Vec<TaskSpec>,
     /// Tasks submitted when this one fails or is cancelled.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub on_failure: Vec<TaskSpec>,
     /// Opaque bytes handed to the handler.
-    #[serde(with = "bytes_as_text")]
+    #[serde(with = "bytes_as_text", skip_serializing_if = "Vec::is_empty")]
     pub payload: Vec<u8>,
+}
+
+const DEFAULT_MAX_RUNTIME_MS: Millis = 30_000;
+const DEFAULT_MAX_RETRIES: u32 = 3;
+
+fn is_default_max_runtime(ms: &Millis) -> bool {
+    *ms == DEFAULT_MAX_RUNTIME_MS
+}
+
+fn is_default_max_retries(n: &u32) -> bool {
+    *n == DEFAULT_MAX_RETRIES
+}
+
+fn is_default_pool(pool: &str) -> bool {
+    pool == DEFAULT_POOL
+}
+
+fn is_default_group(group: &str) -> bool {
+    group == DEFAULT_GROUP
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 impl Default for TaskSpec {
@@ -67,9 +110,9 @@ impl Default for TaskSpec {
             depends_on: Vec::new(),
             dependency_group: None,
             rank: 0,
-            max_runtime_ms: 30_000,
+            max_runtime_ms: DEFAULT_MAX_RUNTIME_MS,
             on_timeout: TimeoutMode::FailAndRetry,
-            max_retries: 3,
+            max_retries: DEFAULT_MAX_RETRIES,
             backoff: Backoff::default(),
             dedup_key: None,
             on_success: Vec::new(),
@@ -254,5 +297,51 @@ pub(crate) mod bytes_as_text {
             Repr::Text(text) => text.into_bytes(),
             Repr::Bytes(bytes) => bytes,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_left_out_when_written_and_filled_in_when_read() {
+        let plain = TaskSpec::new("noop");
+        let text = serde_json::to_string(&plain).expect("encode");
+        assert_eq!(text, r#"{"kind":"noop"}"#);
+        assert_eq!(
+            serde_json::from_str::<TaskSpec>(&text).expect("decode"),
+            plain
+        );
+    }
+
+    #[test]
+    fn every_field_away_from_its_default_survives_a_round_trip() {
+        let full = TaskSpec::new("table-copy")
+            .pool("team/gpu")
+            .group("customer-7")
+            .priority(-3)
+            .ageing(Ageing::Linear {
+                per_minute: 1.5,
+                cap: 10.0,
+            })
+            .after(41)
+            .rank_in("binlog", 2)
+            .max_runtime_ms(1)
+            .on_timeout(TimeoutMode::Continue)
+            .max_retries(0)
+            .backoff(Backoff {
+                initial_ms: 5,
+                ..Backoff::default()
+            })
+            .dedup_key("k")
+            .payload("p")
+            .on_success(TaskSpec::new("echo"))
+            .on_failure(TaskSpec::new("alert").priority(9));
+        let text = serde_json::to_string(&full).expect("encode");
+        assert_eq!(
+            serde_json::from_str::<TaskSpec>(&text).expect("decode"),
+            full
+        );
     }
 }
