@@ -169,16 +169,16 @@ impl Core {
                 if !pending.is_empty() {
                     reasons.push(Reason::WaitingOnDependencies { pending });
                 }
-                if let Some(g) = &t.dep_group {
+                if let Some(g) = t.dep_group() {
                     if self.outranked(id) {
                         let higher: Vec<TaskId> = self.dep_groups[g]
                             .members
-                            .range(t.rank + 1..)
+                            .range(t.rank() + 1..)
                             .flat_map(|(_, ids)| ids.iter().copied())
                             .collect();
                         reasons.push(Reason::OutrankedInDependencyGroup {
                             dependency_group: g.to_string(),
-                            rank: t.rank,
+                            rank: t.rank(),
                             higher_rank_tasks: higher,
                         });
                     }
@@ -203,7 +203,7 @@ impl Core {
             TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled => {
                 reasons.push(Reason::Finished {
                     at: t.finished_at,
-                    reason: t.reason.as_ref().map(|r| r.to_string()),
+                    reason: t.reason().map(|r| r.to_string()),
                 })
             }
         }

@@ -5,15 +5,19 @@
 //! - Inside a lane, a **bucket** holds the tasks that share an ageing class and a base
 //!   priority, ordered by the time they became ready. Inside a bucket the oldest task is
 //!   always the most aged, so a bucket's head is its best task and the order is static.
+//!   A bucket is a sorted deque, not a tree: tasks become ready in time order, so inserts are
+//!   nearly always at the back and assignments at the front, both O(1) without an
+//!   allocation per task; the rare insert or removal elsewhere (a retry keeps its old ready
+//!   time, a cancel) is a binary search and a shift of the shorter side.
 //! - Each pool keeps its lanes in a `BTreeSet` ordered by [`LaneKey`]: level (the best head's
 //!   aged score, with the policy's group bonus), then usage per weight (fair share), then the
 //!   head's age. A lane's level only changes at a time the index computes in advance from the
 //!   inverse of the ageing function, so lanes are re-keyed lazily when such a time has passed
 //!   ("level timers") and never rescanned.
 
-use std::collections::BTreeSet;
+use std::collections::VecDeque;
 
-use crate::ageing::Ageing;
+use crate::ageing::{Ageing, AgeingClassKey};
 use crate::{Millis, TaskId};
 
 pub(crate) type PoolIdx = u32;
@@ -35,9 +39,64 @@ pub(crate) struct LaneKey {
 #[derive(Debug, Clone)]
 pub(crate) struct Bucket {
     pub ageing: Ageing,
+    /// `ageing.class_key()`, kept so that finding a task's bucket compares, not recomputes.
+    pub class: AgeingClassKey,
     pub priority: i32,
     pub base_score: f64,
-    pub tasks: BTreeSet<(Millis, TaskId)>,
+    /// Sorted by (ready time, id), without duplicates.
+    pub tasks: VecDeque<(Millis, TaskId)>,
+}
+
+impl Bucket {
+    fn insert(&mut self, key: (Millis, TaskId)) -> bool {
+        match self.tasks.back() {
+            None => {
+                self.tasks.push_back(key);
+                true
+            }
+            Some(&last) if last < key => {
+                self.tasks.push_back(key);
+                true
+            }
+            Some(_) => match self.tasks.binary_search(&key) {
+                Ok(_) => false,
+                Err(at) => {
+                    self.tasks.insert(at, key);
+                    true
+                }
+            },
+        }
+    }
+
+    fn remove(&mut self, key: (Millis, TaskId)) -> bool {
+        if self.tasks.front() == Some(&key) {
+            self.tasks.pop_front();
+            return true;
+        }
+        match self.tasks.binary_search(&key) {
+            Ok(at) => {
+                self.tasks.remove(at);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    pub fn contains(&self, key: (Millis, TaskId)) -> bool {
+        self.tasks.binary_search(&key).is_ok()
+    }
+
+    /// Whether the deque keeps the order that binary searches rely on.
+    pub fn is_strictly_sorted(&self) -> bool {
+        self.tasks
+            .iter()
+            .zip(self.tasks.iter().skip(1))
+            .all(|(a, b)| a < b)
+    }
+
+    pub fn first(&self) -> Option<&(Millis, TaskId)> {
+        self.tasks.front()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -87,15 +146,16 @@ impl Lane {
         if let Some(i) = self
             .buckets
             .iter()
-            .position(|b| b.priority == priority && b.ageing.class_key() == class)
+            .position(|b| b.priority == priority && b.class == class)
         {
             return i;
         }
         self.buckets.push(Bucket {
             ageing,
+            class,
             priority,
             base_score,
-            tasks: BTreeSet::new(),
+            tasks: VecDeque::new(),
         });
         self.buckets.len() - 1
     }
@@ -109,7 +169,7 @@ impl Lane {
         id: TaskId,
     ) {
         let b = self.bucket_for(ageing, priority, base_score);
-        if self.buckets[b].tasks.insert((ready_since, id)) {
+        if self.buckets[b].insert((ready_since, id)) {
             self.queued += 1;
         }
     }
@@ -124,8 +184,8 @@ impl Lane {
         let class = ageing.class_key();
         for bucket in &mut self.buckets {
             if bucket.priority == priority
-                && bucket.ageing.class_key() == class
-                && bucket.tasks.remove(&(ready_since, id))
+                && bucket.class == class
+                && bucket.remove((ready_since, id))
             {
                 self.queued -= 1;
                 return true;
@@ -138,7 +198,7 @@ impl Lane {
     pub fn head(&self, now: Millis) -> Option<Head> {
         let mut best: Option<Head> = None;
         for bucket in &self.buckets {
-            let Some(&(ready_since, id)) = bucket.tasks.first() else {
+            let Some(&(ready_since, id)) = bucket.first() else {
                 continue;
             };
             let score = bucket.base_score + bucket.ageing.boost(now.saturating_sub(ready_since));
@@ -165,7 +225,7 @@ impl Lane {
     pub fn next_level_change(&self, now: Millis, next_level_score: f64) -> Option<Millis> {
         let mut earliest: Option<Millis> = None;
         for bucket in &self.buckets {
-            let Some(&(ready_since, _)) = bucket.tasks.first() else {
+            let Some(&(ready_since, _)) = bucket.first() else {
                 continue;
             };
             let needed = next_level_score - bucket.base_score;
