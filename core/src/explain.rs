@@ -251,7 +251,7 @@ impl Core {
         let my_ready = t.ready_since.unwrap_or(now);
         let mut in_group = 0;
         for bucket in &lane.buckets {
-            for &(ready, other) in &bucket.tasks {
+            for &(ready, other) in bucket.iter() {
                 if other == id {
                     continue;
                 }
@@ -278,7 +278,7 @@ impl Core {
                 .group_bonus(og.usage_at_charge, og.config.weight);
             let lane_ahead = my_key.is_none_or(|k| *key < k);
             for bucket in &other.buckets {
-                for &(ready, _) in &bucket.tasks {
+                for &(ready, _) in bucket.iter() {
                     let score = bucket.base_score + bucket.ageing.boost(now.saturating_sub(ready));
                     let level = self.policy.level_of(score + bonus);
                     if level > my_level {
