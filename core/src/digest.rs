@@ -33,7 +33,7 @@ impl Core {
             t.dependents.hash(&mut h);
             t.retry_due.hash(&mut h);
             t.cancel_requested.hash(&mut h);
-            t.reason.hash(&mut h);
+            t.reason().hash(&mut h);
             t.payload.hash(&mut h);
             match &t.running {
                 Some(r) => {

@@ -169,16 +169,16 @@ impl Core {
                 if !pending.is_empty() {
                     reasons.push(Reason::WaitingOnDependencies { pending });
                 }
-                if let Some(g) = &t.dep_group {
+                if let Some(g) = t.dep_group() {
                     if self.outranked(id) {
                         let higher: Vec<TaskId> = self.dep_groups[g]
                             .members
-                            .range(t.rank + 1..)
+                            .range(t.rank() + 1..)
                             .flat_map(|(_, ids)| ids.iter().copied())
                             .collect();
                         reasons.push(Reason::OutrankedInDependencyGroup {
                             dependency_group: g.to_string(),
-                            rank: t.rank,
+                            rank: t.rank(),
                             higher_rank_tasks: higher,
                         });
                     }
@@ -203,7 +203,7 @@ impl Core {
             TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled => {
                 reasons.push(Reason::Finished {
                     at: t.finished_at,
-                    reason: t.reason.as_ref().map(|r| r.to_string()),
+                    reason: t.reason().map(|r| r.to_string()),
                 })
             }
         }
@@ -251,7 +251,7 @@ impl Core {
         let my_ready = t.ready_since.unwrap_or(now);
         let mut in_group = 0;
         for bucket in &lane.buckets {
-            for &(ready, other) in &bucket.tasks {
+            for &(ready, other) in bucket.iter() {
                 if other == id {
                     continue;
                 }
@@ -278,7 +278,7 @@ impl Core {
                 .group_bonus(og.usage_at_charge, og.config.weight);
             let lane_ahead = my_key.is_none_or(|k| *key < k);
             for bucket in &other.buckets {
-                for &(ready, _) in &bucket.tasks {
+                for &(ready, _) in bucket.iter() {
                     let score = bucket.base_score + bucket.ageing.boost(now.saturating_sub(ready));
                     let level = self.policy.level_of(score + bonus);
                     if level > my_level {

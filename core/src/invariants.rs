@@ -47,7 +47,7 @@ impl Core {
             let in_queue = self.lanes[t.lane as usize]
                 .buckets
                 .iter()
-                .any(|b| t.ready_since.is_some_and(|r| b.tasks.contains(&(r, id))));
+                .any(|b| t.ready_since.is_some_and(|r| b.contains((r, id))));
             if (t.state == TaskState::Queued) != in_queue {
                 v(
                     1,
@@ -208,6 +208,11 @@ impl Core {
                         lane.queued, lane_queued[l]
                     ),
                 );
+            }
+            // Membership above is a binary search: it means something only while each
+            // bucket stays sorted.
+            if lane.buckets.iter().any(|b| !b.is_strictly_sorted()) {
+                v(1, None, format!("lane {l} has a bucket out of order"));
             }
         }
         // 5. work-conserving: a free slot and an eligible task never coexist

@@ -5,15 +5,21 @@
 //! - Inside a lane, a **bucket** holds the tasks that share an ageing class and a base
 //!   priority, ordered by the time they became ready. Inside a bucket the oldest task is
 //!   always the most aged, so a bucket's head is its best task and the order is static.
+//!   A bucket is a sorted deque, not a tree: tasks become ready in time order, so inserts are
+//!   nearly always at the back and assignments at the front, both O(1) without an
+//!   allocation per task. The rare insert elsewhere (a retry keeps its old ready time) is a
+//!   binary search and a shift of the shorter side. A removal elsewhere (a cancel) leaves a
+//!   tombstone instead of shifting, so cancelling many tasks of a long bucket stays
+//!   O(log n) each; tombstones leave as they reach the front.
 //! - Each pool keeps its lanes in a `BTreeSet` ordered by [`LaneKey`]: level (the best head's
 //!   aged score, with the policy's group bonus), then usage per weight (fair share), then the
 //!   head's age. A lane's level only changes at a time the index computes in advance from the
 //!   inverse of the ageing function, so lanes are re-keyed lazily when such a time has passed
 //!   ("level timers") and never rescanned.
 
-use std::collections::BTreeSet;
+use std::collections::VecDeque;
 
-use crate::ageing::Ageing;
+use crate::ageing::{Ageing, AgeingClassKey};
 use crate::{Millis, TaskId};
 
 pub(crate) type PoolIdx = u32;
@@ -35,9 +41,90 @@ pub(crate) struct LaneKey {
 #[derive(Debug, Clone)]
 pub(crate) struct Bucket {
     pub ageing: Ageing,
+    /// `ageing.class_key()`, kept so that finding a task's bucket compares, not recomputes.
+    pub class: AgeingClassKey,
     pub priority: i32,
     pub base_score: f64,
-    pub tasks: BTreeSet<(Millis, TaskId)>,
+    /// Sorted by (ready time, id), without duplicates; may hold tombstones, never at the
+    /// front. Read it through [`Bucket::iter`].
+    tasks: VecDeque<(Millis, TaskId)>,
+    /// Entries of `tasks` that were removed. Only asked about, never iterated.
+    removed: rustc_hash::FxHashSet<(Millis, TaskId)>,
+}
+
+impl Bucket {
+    fn insert(&mut self, key: (Millis, TaskId)) -> bool {
+        match self.tasks.back() {
+            None => {
+                self.tasks.push_back(key);
+                true
+            }
+            Some(&last) if last < key => {
+                self.tasks.push_back(key);
+                true
+            }
+            Some(_) => match self.tasks.binary_search(&key) {
+                Ok(_) => self.removed.remove(&key),
+                Err(at) => {
+                    self.tasks.insert(at, key);
+                    true
+                }
+            },
+        }
+    }
+
+    fn remove(&mut self, key: (Millis, TaskId)) -> bool {
+        if self.tasks.front() == Some(&key) {
+            self.tasks.pop_front();
+            self.drop_front_tombstones();
+            return true;
+        }
+        if self.tasks.back() == Some(&key) {
+            self.tasks.pop_back();
+            return true;
+        }
+        self.tasks.binary_search(&key).is_ok() && self.removed.insert(key)
+    }
+
+    fn drop_front_tombstones(&mut self) {
+        if self.removed.is_empty() {
+            return;
+        }
+        while let Some(front) = self.tasks.front() {
+            if !self.removed.remove(front) {
+                break;
+            }
+            self.tasks.pop_front();
+        }
+    }
+
+    pub fn contains(&self, key: (Millis, TaskId)) -> bool {
+        self.tasks.binary_search(&key).is_ok() && !self.removed.contains(&key)
+    }
+
+    /// The live entries, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &(Millis, TaskId)> {
+        self.tasks.iter().filter(|k| !self.removed.contains(k))
+    }
+
+    /// Whether the deque keeps the order that binary searches rely on.
+    /// Whether the deque keeps the order that binary searches rely on, its front is live and
+    /// every tombstone marks an entry it holds.
+    pub fn is_strictly_sorted(&self) -> bool {
+        self.tasks
+            .iter()
+            .zip(self.tasks.iter().skip(1))
+            .all(|(a, b)| a < b)
+            && self.tasks.front().is_none_or(|f| !self.removed.contains(f))
+            && self
+                .removed
+                .iter()
+                .all(|k| self.tasks.binary_search(k).is_ok())
+    }
+
+    pub fn first(&self) -> Option<&(Millis, TaskId)> {
+        self.tasks.front()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -87,15 +174,17 @@ impl Lane {
         if let Some(i) = self
             .buckets
             .iter()
-            .position(|b| b.priority == priority && b.ageing.class_key() == class)
+            .position(|b| b.priority == priority && b.class == class)
         {
             return i;
         }
         self.buckets.push(Bucket {
             ageing,
+            class,
             priority,
             base_score,
-            tasks: BTreeSet::new(),
+            tasks: VecDeque::new(),
+            removed: Default::default(),
         });
         self.buckets.len() - 1
     }
@@ -109,7 +198,7 @@ impl Lane {
         id: TaskId,
     ) {
         let b = self.bucket_for(ageing, priority, base_score);
-        if self.buckets[b].tasks.insert((ready_since, id)) {
+        if self.buckets[b].insert((ready_since, id)) {
             self.queued += 1;
         }
     }
@@ -124,8 +213,8 @@ impl Lane {
         let class = ageing.class_key();
         for bucket in &mut self.buckets {
             if bucket.priority == priority
-                && bucket.ageing.class_key() == class
-                && bucket.tasks.remove(&(ready_since, id))
+                && bucket.class == class
+                && bucket.remove((ready_since, id))
             {
                 self.queued -= 1;
                 return true;
@@ -138,7 +227,7 @@ impl Lane {
     pub fn head(&self, now: Millis) -> Option<Head> {
         let mut best: Option<Head> = None;
         for bucket in &self.buckets {
-            let Some(&(ready_since, id)) = bucket.tasks.first() else {
+            let Some(&(ready_since, id)) = bucket.first() else {
                 continue;
             };
             let score = bucket.base_score + bucket.ageing.boost(now.saturating_sub(ready_since));
@@ -165,7 +254,7 @@ impl Lane {
     pub fn next_level_change(&self, now: Millis, next_level_score: f64) -> Option<Millis> {
         let mut earliest: Option<Millis> = None;
         for bucket in &self.buckets {
-            let Some(&(ready_since, _)) = bucket.tasks.first() else {
+            let Some(&(ready_since, _)) = bucket.first() else {
                 continue;
             };
             let needed = next_level_score - bucket.base_score;
@@ -182,4 +271,49 @@ impl Lane {
 pub(crate) fn order_bits(x: f64) -> u64 {
     let x = if x.is_nan() { f64::MAX } else { x.max(0.0) };
     x.to_bits()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket() -> Bucket {
+        Bucket {
+            ageing: Ageing::None,
+            class: Ageing::None.class_key(),
+            priority: 0,
+            base_score: 0.0,
+            tasks: VecDeque::new(),
+            removed: Default::default(),
+        }
+    }
+
+    #[test]
+    fn removals_in_the_middle_leave_tombstones_that_never_show() {
+        let mut b = bucket();
+        for id in 1..=10 {
+            assert!(b.insert((id * 10, id)));
+        }
+        assert!(b.remove((50, 5)));
+        assert!(!b.remove((50, 5)), "a second removal finds nothing");
+        assert!(!b.contains((50, 5)));
+        assert!(b.remove((20, 2)));
+        assert!(b.remove((10, 1)), "removing the front");
+        assert_eq!(
+            b.first(),
+            Some(&(30, 3)),
+            "the tombstone behind the front left too"
+        );
+        let live: Vec<TaskId> = b.iter().map(|&(_, id)| id).collect();
+        assert_eq!(live, vec![3, 4, 6, 7, 8, 9, 10]);
+        assert!(b.insert((50, 5)), "a task may come back with the same key");
+        assert!(b.contains((50, 5)));
+        assert!(
+            b.insert((35, 11)),
+            "an insert in the middle keeps the order"
+        );
+        assert!(b.is_strictly_sorted());
+        let live: Vec<TaskId> = b.iter().map(|&(_, id)| id).collect();
+        assert_eq!(live, vec![3, 11, 4, 5, 6, 7, 8, 9, 10]);
+    }
 }

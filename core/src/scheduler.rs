@@ -59,26 +59,27 @@ pub(crate) struct Task {
     /// A dependency that failed or was cancelled: this task is doomed.
     pub failed_dependency: Option<TaskId>,
     pub dependents: Vec<TaskId>,
-    pub dep_group: Option<Arc<str>>,
-    pub rank: i32,
     pub max_runtime_ms: Millis,
     pub on_timeout: TimeoutMode,
     pub max_retries: u32,
     pub backoff: Backoff,
-    pub dedup_key: Option<Box<str>>,
-    pub follow_ups: Option<Box<FollowUps>>,
+    /// What few tasks have, out of line: every byte here is paid by every task.
+    pub extra: Option<Box<TaskExtra>>,
     pub payload: Arc<[u8]>,
     pub running: Option<RunningAttempt>,
     pub retry_due: Option<Millis>,
     pub cancel_requested: bool,
-    pub reason: Option<Box<str>>,
-    pub parent: Option<TaskId>,
 }
 
 #[derive(Debug, Clone, Default)]
-pub(crate) struct FollowUps {
+pub(crate) struct TaskExtra {
+    pub dep_group: Option<Arc<str>>,
+    pub rank: i32,
+    pub dedup_key: Option<Box<str>>,
     pub on_success: Vec<TaskSpec>,
     pub on_failure: Vec<TaskSpec>,
+    pub reason: Option<Box<str>>,
+    pub parent: Option<TaskId>,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +149,26 @@ impl Task {
     /// All dependencies succeeded (a member that counts for its dependency group's ranks).
     fn dependencies_done(&self) -> bool {
         self.deps_pending == 0 && self.failed_dependency.is_none()
+    }
+
+    pub fn dep_group(&self) -> Option<&Arc<str>> {
+        self.extra.as_ref()?.dep_group.as_ref()
+    }
+
+    pub fn rank(&self) -> i32 {
+        self.extra.as_ref().map_or(0, |e| e.rank)
+    }
+
+    pub fn dedup_key(&self) -> Option<&str> {
+        self.extra.as_ref()?.dedup_key.as_deref()
+    }
+
+    pub fn reason(&self) -> Option<&str> {
+        self.extra.as_ref()?.reason.as_deref()
+    }
+
+    pub fn parent(&self) -> Option<TaskId> {
+        self.extra.as_ref()?.parent
     }
 }
 
@@ -305,6 +326,24 @@ impl Core {
     /// Takes the events produced since the last call, in order.
     pub fn drain_journal(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.journal)
+    }
+
+    /// Moves the events produced since the last call to the end of `out`, in order. A driver
+    /// that drains after every input and reuses `out` saves an allocation per input.
+    pub fn drain_journal_into(&mut self, out: &mut Vec<Event>) {
+        if out.is_empty() {
+            // Swapping keeps both buffers' capacity.
+            std::mem::swap(&mut self.journal, out);
+        } else {
+            out.append(&mut self.journal);
+        }
+    }
+
+    /// Makes room for `additional` more tasks, for drivers that know how many will come:
+    /// growing the task table by doubling copies it, which for large runs costs more than
+    /// the tasks themselves.
+    pub fn reserve_tasks(&mut self, additional: usize) {
+        self.tasks.reserve(additional);
     }
 
     /// Number of events waiting to be drained.
@@ -597,9 +636,9 @@ impl Core {
             ready_since: t.ready_since,
             finished_at: t.finished_at,
             depends_on: t.deps.to_vec(),
-            dependency_group: t.dep_group.as_ref().map(|g| g.to_string()),
-            rank: t.rank,
-            dedup_key: t.dedup_key.as_ref().map(|k| k.to_string()),
+            dependency_group: t.dep_group().map(|g| g.to_string()),
+            rank: t.rank(),
+            dedup_key: t.dedup_key().map(|k| k.to_string()),
             running: t.running.as_ref().map(|r| RunningView {
                 attempt: t.attempt,
                 assigned_at: r.assigned_at,
@@ -608,8 +647,8 @@ impl Core {
                 interrupt: r.interrupt.map(|(reason, _)| reason),
             }),
             retry_due: t.retry_due,
-            reason: t.reason.as_ref().map(|r| r.to_string()),
-            parent: t.parent,
+            reason: t.reason().map(|r| r.to_string()),
+            parent: t.parent(),
         })
     }
 
@@ -929,10 +968,10 @@ impl Core {
                 }
             }
         }
-        if let Some(group) = self.tasks[idx(id)].dep_group.clone() {
+        if let Some(group) = self.tasks[idx(id)].dep_group().cloned() {
             self.release_top_rank(&group);
         }
-        let follow_ups = self.tasks[idx(id)].follow_ups.as_ref().map(|f| {
+        let follow_ups = self.tasks[idx(id)].extra.as_ref().map(|f| {
             if succeeded {
                 f.on_success.clone()
             } else {
@@ -968,8 +1007,8 @@ impl Core {
     /// A member became able to run: queued members of lower ranks wait for it.
     fn block_lower_ranks(&mut self, id: TaskId) {
         let t = &self.tasks[idx(id)];
-        if let Some(group) = t.dep_group.clone() {
-            let rank = t.rank;
+        if let Some(group) = t.dep_group().cloned() {
+            let rank = t.rank();
             let lower_queued: Vec<TaskId> = self.dep_groups[&group]
                 .members
                 .range(..rank)
@@ -1008,12 +1047,12 @@ impl Core {
     /// Whether an unfinished task of a higher rank shares this task's dependency group.
     pub(crate) fn outranked(&self, id: TaskId) -> bool {
         let t = &self.tasks[idx(id)];
-        match &t.dep_group {
+        match t.dep_group() {
             Some(g) => self
                 .dep_groups
                 .get(g)
                 .and_then(|dg| dg.top_ready_rank())
-                .is_some_and(|top| top > t.rank),
+                .is_some_and(|top| top > t.rank()),
             None => false,
         }
     }
@@ -1378,14 +1417,23 @@ impl Core {
         if let Some(key) = &spec.dedup_key {
             self.dedup.insert(key.as_str().into(), id);
         }
-        let follow_ups = if spec.on_success.is_empty() && spec.on_failure.is_empty() {
-            None
-        } else {
-            Some(Box::new(FollowUps {
+        let rare = dep_group.is_some()
+            || spec.rank != 0
+            || spec.dedup_key.is_some()
+            || !spec.on_success.is_empty()
+            || !spec.on_failure.is_empty()
+            || parent.is_some();
+        let extra = rare.then(|| {
+            Box::new(TaskExtra {
+                dep_group,
+                rank: spec.rank,
+                dedup_key: spec.dedup_key.as_deref().map(Box::from),
                 on_success: spec.on_success.clone(),
                 on_failure: spec.on_failure.clone(),
-            }))
-        };
+                reason: None,
+                parent,
+            })
+        });
         self.tasks.push(Task {
             kind,
             pool,
@@ -1405,14 +1453,11 @@ impl Core {
             deps_pending,
             failed_dependency,
             dependents: Vec::new(),
-            dep_group,
-            rank: spec.rank,
             max_runtime_ms: spec.max_runtime_ms,
             on_timeout: spec.on_timeout,
             max_retries: spec.max_retries,
             backoff: spec.backoff,
-            dedup_key: spec.dedup_key.as_deref().map(Box::from),
-            follow_ups,
+            extra,
             payload: if spec.payload.is_empty() {
                 self.empty_payload.clone()
             } else {
@@ -1421,8 +1466,6 @@ impl Core {
             running: None,
             retry_due: None,
             cancel_requested: false,
-            reason: None,
-            parent,
         });
         self.counts.waiting += 1;
         Ok(())
@@ -1449,7 +1492,9 @@ impl Core {
         }
         let previous = t.state;
         t.finished_at = Some(at);
-        t.reason = reason.map(|r| r.as_str().into());
+        if let Some(reason) = reason {
+            t.extra.get_or_insert_with(Box::default).reason = Some(reason.as_str().into());
+        }
         if let Some(due) = t.retry_due.take() {
             self.retries.remove(&(due, id));
         }
@@ -1458,20 +1503,21 @@ impl Core {
         }
         self.set_state(id, state);
         let t = &self.tasks[idx(id)];
-        if let Some(key) = &t.dedup_key {
-            if self.dedup.get(key.as_ref()) == Some(&id) {
-                self.dedup.remove(key.as_ref());
+        if let Some(key) = t.dedup_key() {
+            if self.dedup.get(key) == Some(&id) {
+                self.dedup.remove(key);
             }
         }
-        if let Some(g) = &t.dep_group {
+        if let Some(g) = t.dep_group() {
             if let Some(dg) = self.dep_groups.get_mut(g) {
+                let rank = t.rank();
                 if t.dependencies_done() {
-                    dg.remove_ready(t.rank);
+                    dg.remove_ready(rank);
                 }
-                if let Some(members) = dg.members.get_mut(&t.rank) {
+                if let Some(members) = dg.members.get_mut(&rank) {
                     members.remove(&id);
                     if members.is_empty() {
-                        dg.members.remove(&t.rank);
+                        dg.members.remove(&rank);
                     }
                 }
             }
@@ -1482,8 +1528,8 @@ impl Core {
             if state == TaskState::Succeeded {
                 dep.deps_pending = dep.deps_pending.saturating_sub(1);
                 if dep.dependencies_done() && !dep.state.is_terminal() {
-                    if let Some(g) = &dep.dep_group {
-                        let rank = dep.rank;
+                    if let Some(g) = dep.dep_group() {
+                        let rank = dep.rank();
                         if let Some(dg) = self.dep_groups.get_mut(g) {
                             dg.add_ready(rank);
                         }
@@ -1682,41 +1728,55 @@ impl Core {
         let now = self.now;
         let lane = &mut self.lanes[lane_idx as usize];
         let pool = lane.pool as usize;
-        if let Some(key) = lane.key.take() {
-            self.pools[pool].index.remove(&key);
-        }
-        if let Some(t) = lane.level_timer.take() {
-            self.level_timers.remove(&(t, lane_idx));
-        }
+        let old_key = lane.key.take();
+        let old_timer = lane.level_timer.take();
         let group = &self.groups[lane.group as usize];
         let under_cap = group.running < group.config.cap
             || self.config.injected_bug == Some(InjectedBug::IgnoreGroupCaps);
-        if lane.queued == 0 || !under_cap {
-            return;
+        let mut new_key = None;
+        let mut new_timer = None;
+        if lane.queued > 0 && under_cap {
+            if let Some(head) = lane.head(now) {
+                let bonus = self
+                    .policy
+                    .group_bonus(group.usage_at_charge, group.config.weight);
+                let level = self.policy.level_of(head.score + bonus);
+                let share = if self.policy.orders_groups_by_share() {
+                    order_bits(group.usage / f64::from(group.config.weight.max(1)))
+                } else {
+                    0
+                };
+                new_key = Some(LaneKey {
+                    neg_level: -level,
+                    share,
+                    head_ready_since: head.ready_since,
+                    head_id: head.id,
+                    lane: lane_idx,
+                });
+                let next_level_score = self.policy.level_start(level + 1) - bonus;
+                new_timer = lane.next_level_change(now, next_level_score);
+            }
         }
-        let Some(head) = lane.head(now) else { return };
-        let bonus = self
-            .policy
-            .group_bonus(group.usage_at_charge, group.config.weight);
-        let level = self.policy.level_of(head.score + bonus);
-        let share = if self.policy.orders_groups_by_share() {
-            order_bits(group.usage / f64::from(group.config.weight.max(1)))
-        } else {
-            0
-        };
-        let key = LaneKey {
-            neg_level: -level,
-            share,
-            head_ready_since: head.ready_since,
-            head_id: head.id,
-            lane: lane_idx,
-        };
-        self.pools[pool].index.insert(key);
-        lane.key = Some(key);
-        let next_level_score = self.policy.level_start(level + 1) - bonus;
-        if let Some(at) = lane.next_level_change(now, next_level_score) {
-            lane.level_timer = Some(at);
-            self.level_timers.insert((at, lane_idx));
+        lane.key = new_key;
+        lane.level_timer = new_timer;
+        // Many refreshes leave the key as it was (a task joined the back of a bucket): the
+        // index then keeps its entry rather than removing and re-inserting the same one.
+        if old_key != new_key {
+            let index = &mut self.pools[pool].index;
+            if let Some(key) = old_key {
+                index.remove(&key);
+            }
+            if let Some(key) = new_key {
+                index.insert(key);
+            }
+        }
+        if old_timer != new_timer {
+            if let Some(t) = old_timer {
+                self.level_timers.remove(&(t, lane_idx));
+            }
+            if let Some(t) = new_timer {
+                self.level_timers.insert((t, lane_idx));
+            }
         }
     }
 

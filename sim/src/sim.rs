@@ -246,6 +246,8 @@ pub struct Sim<'s> {
     last_seq: u64,
     event_hashes: Vec<u64>,
     journal: Vec<Event>,
+    /// Reused by every drain, so that draining after each input allocates nothing.
+    drained: Vec<Event>,
     keep_journal: bool,
     queue_samples: Vec<(Millis, u64, u64)>,
     accepted: u64,
@@ -352,6 +354,7 @@ impl<'s> Sim<'s> {
             last_seq: 0,
             event_hashes: Vec::new(),
             journal: Vec::new(),
+            drained: Vec::new(),
             keep_journal,
             queue_samples: Vec::new(),
             accepted: 0,
@@ -495,6 +498,7 @@ impl<'s> Sim<'s> {
         }
         let expected = workload::expected_tasks(s, &sources);
         self.tasks.reserve(expected.min(50_000_000) as usize);
+        self.core.reserve_tasks(expected.min(50_000_000) as usize);
         self.sources = sources;
         let f = self.faults.clone();
         if f.host_crash_every_ms > 0 {
@@ -737,9 +741,13 @@ impl<'s> Sim<'s> {
     /// Hands out assignments while slots are free, in every pool.
     fn dispatch(&mut self) {
         for p in 0..self.pools.len() {
-            let name = self.pools[p].name.clone();
-            while self.core.free_slots(&name) > 0 {
-                match self.core.next_assignment(self.now, &name) {
+            loop {
+                // Borrowed, not cloned: this runs after every step.
+                let name = &self.pools[p].name;
+                if self.core.free_slots(name) == 0 {
+                    break;
+                }
+                match self.core.next_assignment(self.now, name) {
                     Some(a) => {
                         self.drain();
                         self.start_attempt(a.id, a.attempt, p as u16)
@@ -1055,12 +1063,15 @@ impl<'s> Sim<'s> {
     /// Takes the core's outputs: journal events into the mirror, interrupts to workers.
     fn drain(&mut self) {
         if self.core.pending_events() > 0 {
-            for e in self.core.drain_journal() {
+            let mut events = std::mem::take(&mut self.drained);
+            self.core.drain_journal_into(&mut events);
+            for e in events.drain(..) {
                 self.on_event(&e);
                 if self.keep_journal {
                     self.journal.push(e);
                 }
             }
+            self.drained = events;
         }
         for i in self.core.drain_interrupts() {
             self.on_interrupt(i.id, i.attempt, i.reason);
