@@ -45,8 +45,9 @@ fn noop_only(tmp: &Path) -> PathBuf {
     let dir = tmp.join("plugins");
     if !dir.join("noop.wasm").exists() {
         std::fs::create_dir_all(&dir).expect("mkdir");
-        std::os::unix::fs::symlink(plugins_dir().join("noop.wasm"), dir.join("noop.wasm"))
-            .expect("link");
+        // A relative HANDYMAN_PLUGINS_DIR would make a dangling link: link to the absolute path.
+        let noop = std::fs::canonicalize(plugins_dir().join("noop.wasm")).expect("noop.wasm");
+        std::os::unix::fs::symlink(noop, dir.join("noop.wasm")).expect("link");
     }
     dir
 }

@@ -1,5 +1,5 @@
 //! Cost of one attempt of the `noop` plugin: instantiate from the kind's reused `InstancePre`
-//! in a fresh `Store`, call `run`, tear down. Also how far past its time limit an endless loop
+//! in a fresh `Store`, call `run`, tear down; the same for a minimal hand-written component. Also how far past its time limit an endless loop
 //! runs before the epoch ticker stops it.
 //!
 //! ```text
@@ -12,6 +12,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 use handyman_host::runtime::{AttemptInput, AttemptOutcome, KindConfig, Runtime, RuntimeConfig};
 
 fn plugins_dir() -> PathBuf {
@@ -93,6 +96,36 @@ fn noop_attempt(c: &mut Criterion) {
     });
 }
 
+/// The same path for a hand-written component that allocates nothing: what the runtime costs
+/// without a Rust guest's stack, data and heap to set up and reset.
+fn minimal_attempt(_c: &mut Criterion) {
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(std::env::temp_dir().join("handyman-bench-cache")),
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
+    runtime
+        .add_kind(
+            "minimal",
+            support::handler(support::CONTINUE_LATER).as_bytes(),
+            KindConfig::default(),
+        )
+        .expect("the minimal component loads");
+    for i in 0..200 {
+        let _ = runtime.run_attempt("minimal", input(i));
+    }
+    let samples: Vec<Duration> = (0..5_000)
+        .map(|i| {
+            let started = Instant::now();
+            let result = runtime.run_attempt("minimal", input(i)).expect("runs");
+            let took = started.elapsed();
+            assert_eq!(result.outcome, AttemptOutcome::ContinueLater);
+            took
+        })
+        .collect();
+    report("minimal WAT component attempt", samples);
+}
+
 fn timeout_overshoot(_c: &mut Criterion) {
     let limit = Duration::from_millis(100);
     let config = KindConfig {
@@ -114,6 +147,6 @@ fn timeout_overshoot(_c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(5));
-    targets = noop_attempt, timeout_overshoot
+    targets = noop_attempt, minimal_attempt, timeout_overshoot
 }
 criterion_main!(benches);

@@ -66,7 +66,8 @@ pub(crate) struct AttemptState {
     pub cancel: CancelToken,
     pub deadline: Instant,
     pub interrupted: Option<Interruption>,
-    wasi: WasiCtx,
+    /// `None` for a component that imports no WASI interface.
+    wasi: Option<WasiCtx>,
     table: ResourceTable,
     pub stdout: CapturedOutput,
     pub stderr: CapturedOutput,
@@ -80,12 +81,14 @@ impl AttemptState {
         memory_limit: usize,
         cancel: CancelToken,
         deadline: Instant,
-        wasi: wasmtime_wasi::WasiCtxBuilder,
+        wasi: Option<wasmtime_wasi::WasiCtxBuilder>,
     ) -> AttemptState {
-        let mut wasi = wasi;
         let stdout = CapturedOutput::new(STDIO_CAPACITY);
         let stderr = CapturedOutput::new(STDIO_CAPACITY);
-        wasi.stdout(stdout.clone()).stderr(stderr.clone());
+        let wasi = wasi.map(|mut wasi| {
+            wasi.stdout(stdout.clone()).stderr(stderr.clone());
+            wasi.build()
+        });
         AttemptState {
             who,
             max_checkpoint,
@@ -98,7 +101,7 @@ impl AttemptState {
             cancel,
             deadline,
             interrupted: None,
-            wasi: wasi.build(),
+            wasi,
             table: ResourceTable::new(),
             stdout,
             stderr,
@@ -141,7 +144,11 @@ impl AttemptState {
 impl WasiView for AttemptState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
-            ctx: &mut self.wasi,
+            // Only a component that imports WASI can get here, and its attempts are given a
+            // context; should one ever not be, it gets one without grants.
+            ctx: self
+                .wasi
+                .get_or_insert_with(|| wasmtime_wasi::WasiCtxBuilder::new().build()),
             table: &mut self.table,
         }
     }

@@ -82,6 +82,10 @@ struct Kind {
     name: Arc<str>,
     config: KindConfig,
     pre: HandlerPre<AttemptState>,
+    /// Whether the component imports any WASI interface. Most Rust guests import none, and
+    /// building a WASI context (random sources, clocks, grants) for each of their attempts
+    /// would be wasted time.
+    wasi: bool,
 }
 
 /// Runs handler components. `Send + Sync`: share one per process, call
@@ -195,10 +199,15 @@ impl Runtime {
             self.config.cache_dir.as_deref(),
         )?;
         let pre = self.pre_instantiate(kind, &component)?;
+        let wasi = component
+            .component_type()
+            .imports(&self.engine)
+            .any(|(name, _)| name.starts_with("wasi:"));
         let loaded = Kind {
             name: kind.into(),
             config,
             pre,
+            wasi,
         };
         self.kinds
             .write()
@@ -433,7 +442,11 @@ impl Runtime {
         limit: Duration,
     ) -> Result<Store<AttemptState>, RuntimeError> {
         let config = &kind.config;
-        let wasi = wasi_for(&kind.name, config)?;
+        let wasi = if kind.wasi {
+            Some(wasi_for(&kind.name, config)?)
+        } else {
+            None
+        };
         let deadline = Instant::now() + limit;
         let state = AttemptState::new(
             who,
