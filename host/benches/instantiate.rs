@@ -68,21 +68,31 @@ fn report(name: &str, mut samples: Vec<Duration>) {
     );
 }
 
-fn noop_attempt(c: &mut Criterion) {
-    let runtime = runtime_with("noop", KindConfig::default());
-    // Warm up the pool's slots, then measure a histogram of single attempts.
+/// Warms up the pool's slots, then times 5,000 single attempts of `kind`, each checked.
+fn time_attempts(
+    runtime: &Runtime,
+    kind: &str,
+    expected: impl Fn(&AttemptOutcome) -> bool,
+) -> Vec<Duration> {
     for i in 0..200 {
-        let _ = runtime.run_attempt("noop", input(i));
+        let _ = runtime.run_attempt(kind, input(i));
     }
-    let samples: Vec<Duration> = (0..5_000)
+    (0..5_000)
         .map(|i| {
             let started = Instant::now();
-            let result = runtime.run_attempt("noop", input(i)).expect("noop runs");
+            let result = runtime
+                .run_attempt(kind, input(i))
+                .expect("the attempt runs");
             let took = started.elapsed();
-            assert!(matches!(result.outcome, AttemptOutcome::Done(_)));
+            assert!(expected(&result.outcome), "{kind}: {:?}", result.outcome);
             took
         })
-        .collect();
+        .collect()
+}
+
+fn noop_attempt(c: &mut Criterion) {
+    let runtime = runtime_with("noop", KindConfig::default());
+    let samples = time_attempts(&runtime, "noop", |o| matches!(o, AttemptOutcome::Done(_)));
     report("noop attempt (instantiate + run + teardown)", samples);
 
     c.bench_function("noop attempt", |b| {
@@ -111,18 +121,7 @@ fn minimal_attempt(_c: &mut Criterion) {
             KindConfig::default(),
         )
         .expect("the minimal component loads");
-    for i in 0..200 {
-        let _ = runtime.run_attempt("minimal", input(i));
-    }
-    let samples: Vec<Duration> = (0..5_000)
-        .map(|i| {
-            let started = Instant::now();
-            let result = runtime.run_attempt("minimal", input(i)).expect("runs");
-            let took = started.elapsed();
-            assert_eq!(result.outcome, AttemptOutcome::ContinueLater);
-            took
-        })
-        .collect();
+    let samples = time_attempts(&runtime, "minimal", |o| *o == AttemptOutcome::ContinueLater);
     report("minimal WAT component attempt", samples);
 }
 
