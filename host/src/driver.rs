@@ -10,6 +10,7 @@
 //! syncs. Scheduling rules live in the core only: the driver never decides which task runs.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -238,6 +239,8 @@ struct Driver {
     /// Shared with the writer, which holds it while it commits.
     storage: SharedStorage,
     writer: Writer,
+    /// The writer fills it; the driver only marks it stopping at shutdown.
+    job_queue: Arc<JobQueue>,
     executor: Arc<dyn Executor>,
     kinds: Arc<Vec<KindInfo>>,
     kind_pools: HashMap<String, String>,
@@ -348,6 +351,7 @@ pub fn start(
         core,
         storage: storage.clone(),
         writer: Writer::start(storage, JobSender(job_queue.clone()), executor.clone())?,
+        job_queue: job_queue.clone(),
         executor: executor.clone(),
         kinds: kinds.clone(),
         kind_pools,
@@ -397,6 +401,9 @@ pub fn start(
 struct JobQueue {
     state: Mutex<JobQueueState>,
     ready: Condvar,
+    /// Set at shutdown: jobs not started yet are handed back as "continue later" unrun,
+    /// as the running ones are stopped.
+    stopping: AtomicBool,
 }
 
 #[derive(Default)]
@@ -582,18 +589,14 @@ fn write_loop(
 
 fn worker(jobs: Arc<JobQueue>, tx: Sender<Command>, executor: Arc<dyn Executor>) {
     while let Some(job) = jobs.pop() {
-        let run = job.clone();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| executor.run(run)))
-            .unwrap_or_else(|panic| {
-                let what = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "a panic".to_string());
-                JobResult::of(AttemptOutcome::Lost {
-                    why: format!("the host's worker panicked: {what}"),
-                })
-            });
+        let result = if jobs.stopping.load(Ordering::Acquire) {
+            // Unrun: it keeps the context it was given, and its checkpoint (`None` keeps it).
+            let mut unrun = JobResult::of(AttemptOutcome::ContinueLater);
+            unrun.context = job.context.clone();
+            unrun
+        } else {
+            run_caught(executor.as_ref(), job.clone())
+        };
         if tx
             .send(Command::Finished {
                 job: Box::new(job),
@@ -604,6 +607,22 @@ fn worker(jobs: Arc<JobQueue>, tx: Sender<Command>, executor: Arc<dyn Executor>)
             return;
         }
     }
+}
+
+/// Runs a job; a panic in the executor loses the attempt instead of the worker.
+fn run_caught(executor: &dyn Executor, job: Job) -> JobResult {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| executor.run(job))).unwrap_or_else(
+        |panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic".to_string());
+            JobResult::of(AttemptOutcome::Lost {
+                why: format!("the host's worker panicked: {what}"),
+            })
+        },
+    )
 }
 
 /// Replies that wait for the step's commit.
@@ -692,6 +711,7 @@ impl Driver {
                             running = self.running.len(),
                             "shutting down: stopping running attempts"
                         );
+                        self.job_queue.stopping.store(true, Ordering::Release);
                         self.executor.stop_all(StopReason::Shutdown);
                         self.shutting_down = Some((Instant::now(), vec![reply]));
                     }
