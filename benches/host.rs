@@ -259,18 +259,17 @@ fn bench_end_to_end(tmp: &Path, total: usize, batch: usize, clients: usize) {
 /// CPU time this process has used so far (all threads), from /proc/self/stat: on a shared
 /// machine, CPU per task is steadier than wall time.
 fn process_cpu() -> Duration {
-    let ticks = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            // Fields after the command name, which is in parentheses and may hold spaces.
-            let rest = s.rsplit_once(')')?.1.to_string();
-            let fields: Vec<u64> = rest
-                .split_whitespace()
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // utime and stime, counted from after the command name, which is in parentheses and may
+    // hold spaces.
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
                 .skip(11)
                 .take(2)
-                .filter_map(|f| f.parse().ok())
-                .collect();
-            Some(fields.iter().sum::<u64>())
+                .filter_map(|f| f.parse::<u64>().ok())
+                .sum()
         })
         .unwrap_or(0);
     // The kernel reports clock ticks; USER_HZ is 100 on Linux.

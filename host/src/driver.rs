@@ -465,7 +465,6 @@ fn lock_storage(storage: &SharedStorage) -> std::sync::MutexGuard<'_, Box<dyn St
 const MAX_WRITES_PER_COMMIT: usize = 256;
 
 /// One step's output: what to write, and what may happen once it is durable.
-#[derive(Default)]
 struct Write {
     batch: Batch,
     replies: Vec<Reply>,
