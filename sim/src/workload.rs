@@ -41,17 +41,25 @@ impl Kind {
 
     pub fn task_spec(&self, group: &str, priority: Option<i32>) -> TaskSpec {
         let k = &self.spec;
+        // Every field spelled out: `..TaskSpec::default()` would allocate, then drop, a
+        // default pool and group name for each of a day's 600k tasks.
         TaskSpec {
             kind: k.name.clone(),
             pool: k.pool.clone(),
             group: group.to_string(),
             priority: priority.unwrap_or(k.priority),
             ageing: k.ageing,
+            depends_on: Vec::new(),
+            dependency_group: None,
+            rank: 0,
             max_runtime_ms: k.max_runtime_ms,
             on_timeout: k.on_timeout,
             max_retries: k.max_retries,
             backoff: k.backoff,
-            ..TaskSpec::default()
+            dedup_key: None,
+            on_success: Vec::new(),
+            on_failure: Vec::new(),
+            payload: Vec::new(),
         }
     }
 }
