@@ -29,6 +29,7 @@ fn main() {
             &s,
             Options {
                 seed,
+                hash_on_thread: true,
                 ..Options::default()
             },
         );

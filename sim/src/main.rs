@@ -152,6 +152,7 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
                 Options {
                     seed,
                     policy,
+                    hash_on_thread: true,
                     ..Options::default()
                 },
             );

@@ -11,6 +11,8 @@
 
 use std::collections::{BinaryHeap, VecDeque};
 use std::hash::Hasher;
+use std::sync::mpsc;
+use std::thread;
 
 use handyman_core::{
     AttemptOutcome, CancelOutcome, Core, CoreConfig, DepRef, Event, EventKind, GroupConfig,
@@ -38,6 +40,10 @@ pub struct Options {
     pub keep_journal: bool,
     /// Keep the hash of every journal event (for comparing two runs event by event).
     pub keep_hashes: bool,
+    /// Hash the journal, and free its events, on a second thread. A lone run then uses the
+    /// machine's other core; sweeps and checks, which fill every core already, leave it off.
+    /// The hash is the same either way: the thread takes the events in journal order.
+    pub hash_on_thread: bool,
     pub injected_bug: Option<InjectedBug>,
 }
 
@@ -242,6 +248,7 @@ pub struct Sim<'s> {
     deadline_checks: Vec<(Millis, DeadlineQueue)>,
     violations: Vec<ViolationRecord>,
     hasher: JournalHasher,
+    hash_thread: Option<HashThread>,
     events: u64,
     last_seq: u64,
     event_hashes: Vec<u64>,
@@ -350,6 +357,11 @@ impl<'s> Sim<'s> {
             deadline_checks: Vec::new(),
             violations: Vec::new(),
             hasher: JournalHasher::default(),
+            hash_thread: if opts.hash_on_thread && !keep_journal {
+                HashThread::start(opts.keep_hashes)
+            } else {
+                None
+            },
             events: 0,
             last_seq: 0,
             event_hashes: Vec::new(),
@@ -1067,8 +1079,14 @@ impl<'s> Sim<'s> {
             self.core.drain_journal_into(&mut events);
             for e in events.drain(..) {
                 self.on_event(&e);
-                if self.keep_journal {
-                    self.journal.push(e);
+                match &mut self.hash_thread {
+                    Some(thread) => thread.push(e),
+                    None => {
+                        self.hash_inline(&e);
+                        if self.keep_journal {
+                            self.journal.push(e);
+                        }
+                    }
                 }
             }
             self.drained = events;
@@ -1097,12 +1115,15 @@ impl<'s> Sim<'s> {
         }
     }
 
-    fn on_event(&mut self, e: &Event) {
+    fn hash_inline(&mut self, e: &Event) {
         let h = journal_hash(e);
         self.hasher.write_u64(h);
         if self.opts.keep_hashes {
             self.event_hashes.push(h);
         }
+    }
+
+    fn on_event(&mut self, e: &Event) {
         self.events += 1;
         if e.seq != self.last_seq + 1 {
             let message = format!(
@@ -1409,6 +1430,9 @@ impl<'s> Sim<'s> {
                 ),
             );
         }
+        if let Some(thread) = self.hash_thread.take() {
+            (self.hasher, self.event_hashes) = thread.finish();
+        }
         let policy = self.config.policy;
         RunOutput {
             seed: self.opts.seed,
@@ -1433,6 +1457,84 @@ impl<'s> Sim<'s> {
             stale_reports: self.stale_reports,
             host_crashes: self.host_crashes,
             core_checks: self.core_checks,
+        }
+    }
+}
+
+/// Events travel to the hashing thread in batches this long: one hand-over per this many
+/// events keeps the channel's cost out of the per-event budget.
+const HASH_BATCH: usize = 4096;
+
+/// The journal hash computed on a second thread (see [`Options::hash_on_thread`]). Full
+/// batches go one way and emptied ones come back, so a run allocates only a few batches.
+struct HashThread {
+    batch: Vec<Event>,
+    full: Option<mpsc::SyncSender<Vec<Event>>>,
+    emptied: mpsc::Receiver<Vec<Event>>,
+    worker: thread::JoinHandle<(JournalHasher, Vec<u64>)>,
+}
+
+impl HashThread {
+    /// None when no thread can be had: the run then hashes on its own thread.
+    fn start(keep_hashes: bool) -> Option<HashThread> {
+        let (full_tx, full_rx) = mpsc::sync_channel::<Vec<Event>>(4);
+        let (emptied_tx, emptied_rx) = mpsc::channel();
+        let worker = thread::Builder::new()
+            .name("journal-hash".into())
+            .spawn(move || {
+                let mut hasher = JournalHasher::default();
+                let mut hashes = Vec::new();
+                for mut batch in full_rx {
+                    for e in batch.drain(..) {
+                        let h = journal_hash(&e);
+                        hasher.write_u64(h);
+                        if keep_hashes {
+                            hashes.push(h);
+                        }
+                    }
+                    // The run may have finished and gone: then the batch is simply freed.
+                    let _ = emptied_tx.send(batch);
+                }
+                (hasher, hashes)
+            });
+        Some(HashThread {
+            batch: Vec::with_capacity(HASH_BATCH),
+            full: Some(full_tx),
+            emptied: emptied_rx,
+            worker: worker.ok()?,
+        })
+    }
+
+    fn push(&mut self, e: Event) {
+        self.batch.push(e);
+        if self.batch.len() >= HASH_BATCH {
+            self.send();
+        }
+    }
+
+    fn send(&mut self) {
+        let next = self
+            .emptied
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(HASH_BATCH));
+        let batch = std::mem::replace(&mut self.batch, next);
+        if let Some(full) = &self.full {
+            if full.send(batch).is_err() {
+                // Only a panic ends the thread early, and `finish` passes that panic on.
+                self.full = None;
+            }
+        }
+    }
+
+    /// Waits for the thread to hash every event sent, and returns its hasher and hashes.
+    fn finish(mut self) -> (JournalHasher, Vec<u64>) {
+        if !self.batch.is_empty() {
+            self.send();
+        }
+        self.full = None;
+        match self.worker.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
         }
     }
 }

@@ -43,14 +43,18 @@ fn a_small_hevo_day_is_deterministic_too() {
             ..Options::default()
         },
     );
+    // The second run hashes on its own thread, as `handyman-sim run` does.
     let b = run(
         &s,
         Options {
             seed: 3,
             keep_hashes: true,
+            hash_on_thread: true,
             ..Options::default()
         },
     );
+    assert!(a.event_hashes.len() > 10_000, "{}", a.event_hashes.len());
+    assert_eq!(a.event_hashes.len() as u64, a.events);
     assert_eq!(a.event_hashes, b.event_hashes);
     assert_eq!(a.journal_hash, b.journal_hash);
 }
