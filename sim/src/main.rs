@@ -8,6 +8,11 @@ use handyman_core::{InjectedBug, PolicyKind};
 use handyman_sim::check::{self, CheckOptions};
 use handyman_sim::{metrics, output, sweep, Options, Scenario};
 
+// A day of simulated work allocates and frees millions of small task specs, events and
+// names: mimalloc spends far fewer instructions on that than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "handyman-sim",
