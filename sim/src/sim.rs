@@ -240,6 +240,9 @@ pub struct Sim<'s> {
     tasks: Vec<TaskRec>,
     groups: Vec<GroupRec>,
     group_ids: FxMap<String, u32>,
+    /// The group and pool found last, tried before the maps.
+    last_group: u32,
+    last_pool: u16,
     pools: Vec<PoolRec>,
     pool_ids: FxMap<String, u16>,
     kind_ids: FxMap<String, u16>,
@@ -351,6 +354,8 @@ impl<'s> Sim<'s> {
             tasks: Vec::new(),
             groups: Vec::new(),
             group_ids: FxMap::default(),
+            last_group: 0,
+            last_pool: 0,
             pools: Vec::new(),
             pool_ids: FxMap::default(),
             kind_ids,
@@ -688,7 +693,7 @@ impl<'s> Sim<'s> {
     /// Submits one batch of `count` tasks of workload `w` for `group`.
     fn submit(&mut self, wi: usize, group: &str, count: u32) {
         let w = &self.scenario.workload[wi];
-        let specs = workload::batch(
+        let (mut specs, kinds_of) = workload::batch(
             w,
             &self.kinds,
             &self.kind_ids_by_workload[wi],
@@ -697,12 +702,11 @@ impl<'s> Sim<'s> {
             count,
             &mut self.rng_work,
         );
-        let works: Vec<Millis> = specs
+        let works: Vec<Millis> = kinds_of
             .iter()
-            .map(|(_, k)| self.kinds[*k].sample_work(&mut self.rng_work))
+            .map(|k| self.kinds[*k].sample_work(&mut self.rng_work))
             .collect();
         let dup = w.duplicate_p > 0.0;
-        let mut specs: Vec<TaskSpec> = specs.into_iter().map(|(s, _)| s).collect();
         if dup {
             for (j, s) in specs.iter_mut().enumerate() {
                 s.dedup_key = Some(format!("{group}/{}/{j}", self.now));
@@ -1036,7 +1040,14 @@ impl<'s> Sim<'s> {
     }
 
     fn group_index(&mut self, name: &str) -> u32 {
+        // A pipeline's tasks arrive together: one comparison usually spares a hash lookup.
+        if let Some(g) = self.groups.get(self.last_group as usize) {
+            if g.name == name {
+                return self.last_group;
+            }
+        }
         if let Some(&g) = self.group_ids.get(name) {
+            self.last_group = g;
             return g;
         }
         let g = self.groups.len() as u32;
@@ -1055,7 +1066,13 @@ impl<'s> Sim<'s> {
     }
 
     fn pool_index(&mut self, name: &str) -> u16 {
+        if let Some(p) = self.pools.get(self.last_pool as usize) {
+            if p.name == name {
+                return self.last_pool;
+            }
+        }
         if let Some(&p) = self.pool_ids.get(name) {
+            self.last_pool = p;
             return p;
         }
         let p = self.pools.len() as u16;
@@ -1432,6 +1449,12 @@ impl<'s> Sim<'s> {
         }
         if let Some(thread) = self.hash_thread.take() {
             (self.hasher, self.event_hashes) = thread.finish();
+            // Freeing a day's worth of core tasks takes tens of milliseconds that the
+            // caller need not wait for: the other core does it (or this one, without it).
+            let core = std::mem::replace(&mut self.core, Core::new(self.config.clone()));
+            let _ = thread::Builder::new()
+                .name("core-drop".into())
+                .spawn(move || drop(core));
         }
         let policy = self.config.policy;
         RunOutput {

@@ -198,7 +198,8 @@ pub fn exp_gap(rng: &mut ChaCha8Rng, per_ms: f64) -> Millis {
 }
 
 /// The specs of one submit: a pipeline run (optionally binlog-first) or `count` tasks of a
-/// named group. Returns specs and each spec's kind index.
+/// named group. Returns the specs and, apart, each spec's kind index (the specs go to the
+/// core as they are).
 pub fn batch(
     w: &Workload,
     kinds: &[Kind],
@@ -207,11 +208,13 @@ pub fn batch(
     group: &str,
     count: u32,
     rng: &mut ChaCha8Rng,
-) -> Vec<(TaskSpec, usize)> {
-    let mut out = Vec::with_capacity(count as usize + 1);
+) -> (Vec<TaskSpec>, Vec<usize>) {
+    let mut specs = Vec::with_capacity(count as usize + 1);
+    let mut kinds_of = Vec::with_capacity(count as usize + 1);
     let first = if w.dag == Dag::BinlogFirst {
         binlog.map(|b| {
-            out.push((kinds[b].task_spec(group, w.priority), b));
+            specs.push(kinds[b].task_spec(group, w.priority));
+            kinds_of.push(b);
             0usize
         })
     } else {
@@ -223,9 +226,10 @@ pub fn batch(
         if let Some(first) = first {
             spec = spec.after_batch_entry(first);
         }
-        out.push((spec, k));
+        specs.push(spec);
+        kinds_of.push(k);
     }
-    out
+    (specs, kinds_of)
 }
 
 /// Roughly how many tasks the sources will submit (to size buffers once).
