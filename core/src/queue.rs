@@ -50,6 +50,10 @@ pub(crate) struct Bucket {
     tasks: VecDeque<(Millis, TaskId)>,
     /// Entries of `tasks` that were removed. Only asked about, never iterated.
     removed: rustc_hash::FxHashSet<(Millis, TaskId)>,
+    /// The last `ageing.wait_to_reach` asked of this bucket, as (target bits, answer): a
+    /// lane asks again after every change to it, nearly always for the same next level,
+    /// and the inverse walks the ageing curve. A pure function's answer, so never stale.
+    wait_memo: Option<(u64, Option<Millis>)>,
 }
 
 impl Bucket {
@@ -185,6 +189,7 @@ impl Lane {
             base_score,
             tasks: VecDeque::new(),
             removed: Default::default(),
+            wait_memo: None,
         });
         self.buckets.len() - 1
     }
@@ -251,14 +256,22 @@ impl Lane {
 
     /// The earliest time after `now` at which some bucket head's score reaches
     /// `threshold - bonus`, i.e. at which the lane's level may rise.
-    pub fn next_level_change(&self, now: Millis, next_level_score: f64) -> Option<Millis> {
+    pub fn next_level_change(&mut self, now: Millis, next_level_score: f64) -> Option<Millis> {
         let mut earliest: Option<Millis> = None;
-        for bucket in &self.buckets {
+        for bucket in &mut self.buckets {
             let Some(&(ready_since, _)) = bucket.first() else {
                 continue;
             };
             let needed = next_level_score - bucket.base_score;
-            if let Some(wait) = bucket.ageing.wait_to_reach(needed) {
+            let wait = match bucket.wait_memo {
+                Some((bits, wait)) if bits == needed.to_bits() => wait,
+                _ => {
+                    let wait = bucket.ageing.wait_to_reach(needed);
+                    bucket.wait_memo = Some((needed.to_bits(), wait));
+                    wait
+                }
+            };
+            if let Some(wait) = wait {
                 let at = ready_since.saturating_add(wait).max(now + 1);
                 earliest = Some(earliest.map_or(at, |e: Millis| e.min(at)));
             }
@@ -285,6 +298,7 @@ mod tests {
             base_score: 0.0,
             tasks: VecDeque::new(),
             removed: Default::default(),
+            wait_memo: None,
         }
     }
 
@@ -315,5 +329,62 @@ mod tests {
         assert!(b.is_strictly_sorted());
         let live: Vec<TaskId> = b.iter().map(|&(_, id)| id).collect();
         assert_eq!(live, vec![3, 11, 4, 5, 6, 7, 8, 9, 10]);
+    }
+
+    /// The earliest level change computed from scratch, without the memo.
+    fn fresh_level_change(lane: &Lane, now: Millis, next_level_score: f64) -> Option<Millis> {
+        lane.buckets
+            .iter()
+            .filter_map(|b| {
+                let &(ready_since, _) = b.first()?;
+                let wait = b.ageing.wait_to_reach(next_level_score - b.base_score)?;
+                Some(ready_since.saturating_add(wait).max(now + 1))
+            })
+            .min()
+    }
+
+    #[test]
+    fn remembered_waits_agree_with_fresh_ones_as_thresholds_and_heads_change() {
+        let mut lane = Lane {
+            pool: 0,
+            group: 0,
+            buckets: Vec::new(),
+            queued: 0,
+            running: 0,
+            key: None,
+            level_timer: None,
+            dirty: false,
+        };
+        let linear = Ageing::Linear {
+            per_minute: 1.5,
+            cap: 10.0,
+        };
+        let step = Ageing::Step {
+            every_ms: 7_000,
+            increment: 0.5,
+            cap: 4.0,
+        };
+        lane.insert(linear, 0, 0.0, 1_000, 1);
+        lane.insert(step, 2, 2.0, 2_000, 2);
+        lane.insert(linear, 1, 1.0, 3_000, 3);
+        let thresholds = [1.0, 3.0, 1.0, 2.5, 2.5, 12.0, 1.0];
+        for (i, &threshold) in thresholds.iter().enumerate() {
+            let now = 4_000 + i as Millis * 1_000;
+            if i == 3 {
+                // A new head in one bucket: the remembered wait is relative, so it holds.
+                lane.buckets[0].remove((1_000, 1));
+                lane.insert(linear, 0, 0.0, 5_500, 4);
+            }
+            let expected = fresh_level_change(&lane, now, threshold);
+            assert_eq!(
+                lane.next_level_change(now, threshold),
+                expected,
+                "threshold {threshold} at step {i}"
+            );
+        }
+        assert!(
+            fresh_level_change(&lane, 4_000, 12.0).is_none(),
+            "above every cap, no level change comes"
+        );
     }
 }
