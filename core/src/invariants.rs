@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::queue::GroupIdx;
 use crate::scheduler::{idx, Core};
 use crate::types::TaskState;
 use crate::TaskId;
@@ -213,6 +214,31 @@ impl Core {
             // bucket stays sorted.
             if lane.buckets.iter().any(|b| !b.is_strictly_sorted()) {
                 v(1, None, format!("lane {l} has a bucket out of order"));
+            }
+        }
+        // The fair-share floor: every active group is filed once, never past its usage.
+        let active = self.groups.iter().filter(|g| g.active_tasks > 0).count();
+        if self.active_usage.len() != active {
+            let filed = self.active_usage.len();
+            v(
+                1,
+                None,
+                format!("{filed} groups filed by usage, {active} active"),
+            );
+        }
+        for (g, group) in self.groups.iter().enumerate() {
+            if group.active_tasks == 0 {
+                continue;
+            }
+            let filed = self
+                .active_usage
+                .contains(&(group.usage_key, g as GroupIdx));
+            if !filed || group.usage_key > crate::queue::order_bits(group.usage) {
+                v(
+                    1,
+                    None,
+                    format!("group {} is not filed at or below its usage", group.name),
+                );
             }
         }
         // 5. work-conserving: a free slot and an eligible task never coexist

@@ -95,6 +95,9 @@ pub(crate) struct Group {
     /// Decayed run time as of the group's last charge: a value that depends only on the
     /// journal, for policies that must not read `now`.
     pub usage_at_charge: f64,
+    /// This group's key in `Core::active_usage` while it is active: its stored usage as of
+    /// when it was filed there, which later charges may have outgrown.
+    pub usage_key: u64,
     pub lanes: Vec<LaneIdx>,
     /// An attempt was assigned while the group was at its cap (only with an injected bug).
     pub over_cap_assignment: bool,
@@ -233,8 +236,11 @@ pub struct Core {
     dirty_lanes: Vec<LaneIdx>,
     /// Shared by every task without a payload, to save an allocation per task.
     empty_payload: Arc<[u8]>,
-    /// Active groups ordered by stored usage, for "an idle group cannot bank credit".
-    active_usage: BTreeSet<(u64, GroupIdx)>,
+    /// Active groups ordered by stored usage, for "an idle group cannot bank credit". Filed
+    /// lazily: a charge leaves its group's entry where it was, and `least_active_usage`
+    /// refiles stale entries only when they reach the front. Usage only grows between
+    /// rebases, so an entry is never later than its group's true place.
+    pub(crate) active_usage: BTreeSet<(u64, GroupIdx)>,
     share_base: Millis,
     pub(crate) counts: StateCounts,
     /// Events that `apply` refused while the core was deciding: always a bug; reported by
@@ -325,7 +331,10 @@ impl Core {
 
     /// Takes the events produced since the last call, in order.
     pub fn drain_journal(&mut self) -> Vec<Event> {
-        std::mem::take(&mut self.journal)
+        // The next batch likely looks like this one: start it at this one's size (within
+        // reason) rather than growing it from nothing by doubling, one copy per doubling.
+        let capacity = self.journal.len().min(1024);
+        std::mem::replace(&mut self.journal, Vec::with_capacity(capacity))
     }
 
     /// Moves the events produced since the last call to the end of `out`, in order. A driver
@@ -1582,7 +1591,7 @@ impl Core {
                 let group = &mut self.groups[g as usize];
                 group.active_tasks -= 1;
                 if group.active_tasks == 0 {
-                    self.active_usage.remove(&(order_bits(group.usage), g));
+                    self.active_usage.remove(&(group.usage_key, g));
                 }
             }
             _ => {}
@@ -1592,16 +1601,31 @@ impl Core {
     /// A group that had nothing to do starts no lower than the least-served active group,
     /// so that being idle never banks credit against groups that kept working.
     fn activate_group(&mut self, g: GroupIdx) {
-        if let Some(&(floor_bits, _)) = self.active_usage.first() {
-            let floor = f64::from_bits(floor_bits);
+        if let Some(floor) = self.least_active_usage() {
             let group = &mut self.groups[g as usize];
             if group.usage < floor {
                 group.usage = floor;
             }
         }
-        let usage = self.groups[g as usize].usage;
-        self.active_usage.insert((order_bits(usage), g));
+        let key = order_bits(self.groups[g as usize].usage);
+        self.groups[g as usize].usage_key = key;
+        self.active_usage.insert((key, g));
         self.refresh_group_lanes(g);
+    }
+
+    /// The least stored usage of an active group, as order bits read back.
+    fn least_active_usage(&mut self) -> Option<f64> {
+        while let Some(&(key, g)) = self.active_usage.first() {
+            let current = order_bits(self.groups[g as usize].usage);
+            if current == key {
+                return Some(f64::from_bits(key));
+            }
+            // Charged since it was filed: move it to where it belongs and look again.
+            self.active_usage.remove(&(key, g));
+            self.active_usage.insert((current, g));
+            self.groups[g as usize].usage_key = current;
+        }
+        None
     }
 
     /// Adds `ran_ms` of run time to a group's decayed usage.
@@ -1612,15 +1636,8 @@ impl Core {
         }
         let scale = self.share_scale(at);
         let group = &mut self.groups[g as usize];
-        let was_active = group.active_tasks > 0;
-        let old_bits = order_bits(group.usage);
         group.usage += ran_ms as f64 * scale;
         group.usage_at_charge = group.usage / scale;
-        let new_bits = order_bits(group.usage);
-        if was_active {
-            self.active_usage.remove(&(old_bits, g));
-            self.active_usage.insert((new_bits, g));
-        }
     }
 
     fn share_scale(&self, at: Millis) -> f64 {
@@ -1632,6 +1649,7 @@ impl Core {
         let scale = self.share_scale(at);
         for group in &mut self.groups {
             group.usage /= scale;
+            group.usage_key = order_bits(group.usage);
         }
         self.share_base = at;
         self.active_usage = self
@@ -1639,7 +1657,7 @@ impl Core {
             .iter()
             .enumerate()
             .filter(|(_, g)| g.active_tasks > 0)
-            .map(|(i, g)| (order_bits(g.usage), i as GroupIdx))
+            .map(|(i, g)| (g.usage_key, i as GroupIdx))
             .collect();
         for lane in 0..self.lanes.len() as LaneIdx {
             self.mark_dirty(lane);
@@ -1813,6 +1831,7 @@ impl Core {
             active_tasks: 0,
             usage: 0.0,
             usage_at_charge: 0.0,
+            usage_key: 0,
             lanes: Vec::new(),
             over_cap_assignment: false,
         });
