@@ -5,7 +5,8 @@
 //! it. `apply` is the only code that mutates the task state, and replay runs nothing else:
 //! that is why a replayed core equals the core that wrote the journal.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 // Lookups only: no decision ever iterates these maps, so a fast non-DoS-resistant hash is
 // fine (names come from the operator's own submitters).
@@ -231,7 +232,10 @@ pub struct Core {
     /// interrupted) the end of the grace period.
     pub(crate) deadlines: BTreeSet<(Millis, TaskId)>,
     pub(crate) retries: BTreeSet<(Millis, TaskId)>,
-    level_timers: BTreeSet<(Millis, LaneIdx)>,
+    /// When lanes' levels change, earliest first. A lane's timer moves on nearly every
+    /// change to the lane, so a moved timer's old entry is left behind rather than searched
+    /// for: an entry counts only while it equals its lane's `level_timer`.
+    level_timers: BinaryHeap<Reverse<(Millis, LaneIdx)>>,
     /// Lanes whose key may be stale (see `mark_dirty`).
     dirty_lanes: Vec<LaneIdx>,
     /// Shared by every task without a payload, to save an allocation per task.
@@ -271,7 +275,7 @@ impl Core {
             dep_groups: HashMap::default(),
             deadlines: BTreeSet::new(),
             retries: BTreeSet::new(),
-            level_timers: BTreeSet::new(),
+            level_timers: BinaryHeap::new(),
             dirty_lanes: Vec::new(),
             empty_payload: Arc::from(Vec::new()),
             active_usage: BTreeSet::new(),
@@ -791,11 +795,14 @@ impl Core {
             }
         }
         self.now = now;
-        while let Some(&(t, lane)) = self.level_timers.first() {
+        while let Some(&Reverse((t, lane))) = self.level_timers.peek() {
             if t > now {
                 break;
             }
-            self.level_timers.remove(&(t, lane));
+            self.level_timers.pop();
+            if self.lanes[lane as usize].level_timer != Some(t) {
+                continue;
+            }
             self.lanes[lane as usize].level_timer = None;
             self.refresh_lane(lane);
         }
@@ -1789,13 +1796,20 @@ impl Core {
             }
         }
         if old_timer != new_timer {
-            if let Some(t) = old_timer {
-                self.level_timers.remove(&(t, lane_idx));
-            }
             if let Some(t) = new_timer {
-                self.level_timers.insert((t, lane_idx));
+                self.level_timers.push(Reverse((t, lane_idx)));
+                if self.level_timers.len() > 2 * self.lanes.len() + 1024 {
+                    self.drop_stale_level_timers();
+                }
             }
         }
+    }
+
+    /// Keeps the left-behind entries of `level_timers` from outnumbering the live ones.
+    fn drop_stale_level_timers(&mut self) {
+        let lanes = &self.lanes;
+        self.level_timers
+            .retain(|&Reverse((t, lane))| lanes[lane as usize].level_timer == Some(t));
     }
 
     fn intern_pool(&mut self, name: &str) -> PoolIdx {
