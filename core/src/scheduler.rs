@@ -1143,7 +1143,8 @@ impl Core {
             ("pool", &spec.pool),
             ("group", &spec.group),
         ] {
-            if value.trim().is_empty() {
+            // Same as `trim().is_empty()`, but stops at the first visible character.
+            if value.chars().all(char::is_whitespace) {
                 return Err(SubmitError::EmptyField { field });
             }
         }
