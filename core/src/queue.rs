@@ -38,26 +38,38 @@ pub(crate) struct LaneKey {
     pub lane: LaneIdx,
 }
 
+/// A lane's bucket. `repr(C)` keeps the fields that a lane's head search reads (`front`,
+/// `base_score`, `ageing`, `wait_memo`) together at the start: with 100k tasks or more
+/// queued, that search runs over every bucket of a lane that is no longer in cache, and it
+/// should cost a line or two per bucket, not one for the struct plus one for the deque.
 #[derive(Debug, Clone)]
+#[repr(C)]
 pub(crate) struct Bucket {
+    /// A copy of the deque's front (always live), kept so that reading a bucket's head does
+    /// not reach into the deque's buffer.
+    front: Option<(Millis, TaskId)>,
+    pub base_score: f64,
     pub ageing: Ageing,
+    /// The last `ageing.wait_to_reach` asked of this bucket, as (target bits, answer): a
+    /// lane asks again after every change to it, nearly always for the same next level,
+    /// and the inverse walks the ageing curve. A pure function's answer, so never stale.
+    wait_memo: Option<(u64, Option<Millis>)>,
+    pub priority: i32,
     /// `ageing.class_key()`, kept so that finding a task's bucket compares, not recomputes.
     pub class: AgeingClassKey,
-    pub priority: i32,
-    pub base_score: f64,
     /// Sorted by (ready time, id), without duplicates; may hold tombstones, never at the
     /// front. Read it through [`Bucket::iter`].
     tasks: VecDeque<(Millis, TaskId)>,
     /// Entries of `tasks` that were removed. Only asked about, never iterated.
     removed: rustc_hash::FxHashSet<(Millis, TaskId)>,
-    /// The last `ageing.wait_to_reach` asked of this bucket, as (target bits, answer): a
-    /// lane asks again after every change to it, nearly always for the same next level,
-    /// and the inverse walks the ageing curve. A pure function's answer, so never stale.
-    wait_memo: Option<(u64, Option<Millis>)>,
 }
 
 impl Bucket {
     fn insert(&mut self, key: (Millis, TaskId)) -> bool {
+        // The front is the least entry, and a tombstone brought back is never the least.
+        if self.front.is_none_or(|front| key < front) {
+            self.front = Some(key);
+        }
         match self.tasks.back() {
             None => {
                 self.tasks.push_back(key);
@@ -78,12 +90,14 @@ impl Bucket {
     }
 
     fn remove(&mut self, key: (Millis, TaskId)) -> bool {
-        if self.tasks.front() == Some(&key) {
+        if self.front == Some(key) {
             self.tasks.pop_front();
             self.drop_front_tombstones();
+            self.front = self.tasks.front().copied();
             return true;
         }
         if self.tasks.back() == Some(&key) {
+            // Not the front, so something stays in front of it.
             self.tasks.pop_back();
             return true;
         }
@@ -111,14 +125,14 @@ impl Bucket {
         self.tasks.iter().filter(|k| !self.removed.contains(k))
     }
 
-    /// Whether the deque keeps the order that binary searches rely on.
     /// Whether the deque keeps the order that binary searches rely on, its front is live and
-    /// every tombstone marks an entry it holds.
+    /// copied right, and every tombstone marks an entry it holds.
     pub fn is_strictly_sorted(&self) -> bool {
         self.tasks
             .iter()
             .zip(self.tasks.iter().skip(1))
             .all(|(a, b)| a < b)
+            && self.tasks.front() == self.front.as_ref()
             && self.tasks.front().is_none_or(|f| !self.removed.contains(f))
             && self
                 .removed
@@ -127,7 +141,7 @@ impl Bucket {
     }
 
     pub fn first(&self) -> Option<&(Millis, TaskId)> {
-        self.tasks.front()
+        self.front.as_ref()
     }
 }
 
@@ -183,13 +197,14 @@ impl Lane {
             return i;
         }
         self.buckets.push(Bucket {
-            ageing,
-            class,
-            priority,
+            front: None,
             base_score,
+            ageing,
+            wait_memo: None,
+            priority,
+            class,
             tasks: VecDeque::new(),
             removed: Default::default(),
-            wait_memo: None,
         });
         self.buckets.len() - 1
     }
@@ -292,13 +307,14 @@ mod tests {
 
     fn bucket() -> Bucket {
         Bucket {
-            ageing: Ageing::None,
-            class: Ageing::None.class_key(),
-            priority: 0,
+            front: None,
             base_score: 0.0,
+            ageing: Ageing::None,
+            wait_memo: None,
+            priority: 0,
+            class: Ageing::None.class_key(),
             tasks: VecDeque::new(),
             removed: Default::default(),
-            wait_memo: None,
         }
     }
 
