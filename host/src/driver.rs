@@ -394,9 +394,16 @@ pub fn start(
 ///
 /// A mutex and a condition variable rather than a channel: with one thread per slot, a
 /// channel's receivers spin and yield before they sleep, and dozens of idle workers doing so
-/// took more CPU than the driver itself. The driver wakes one worker per batch, and each
-/// worker that takes a job while more wait wakes the next: the cost of waking spreads over
-/// the workers instead of holding up the driver.
+/// took more CPU than the driver itself.
+///
+/// Waking a sleeping thread costs a `futex` call on the waker's side and a sleep and a
+/// context switch on the other (perf: with attempts that return at once, over a third of the
+/// host's CPU went there when every worker that took a job while more waited woke the
+/// next). So at most one wake is in flight at a time: whoever adds jobs or takes one while
+/// more wait wakes a sleeping worker only when no worker was woken and has not come for a job
+/// yet. That worker, once it has taken its job, wakes the next if jobs still wait: long
+/// attempts still all start, one wake-up latency after the other, while short ones are run by
+/// the workers already awake instead of waking every worker in turn.
 #[derive(Default)]
 struct JobQueue {
     state: Mutex<JobQueueState>,
@@ -410,6 +417,22 @@ struct JobQueue {
 struct JobQueueState {
     jobs: VecDeque<Job>,
     closed: bool,
+    /// Workers waiting on `ready`.
+    sleeping: usize,
+    /// Whether a worker was woken and has not looked at the queue yet.
+    waking: bool,
+}
+
+impl JobQueueState {
+    /// Whether the caller should wake a sleeping worker (and, if so, notes that it does).
+    fn should_wake(&mut self) -> bool {
+        if !self.jobs.is_empty() && self.sleeping > 0 && !self.waking {
+            self.waking = true;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl JobQueue {
@@ -421,8 +444,13 @@ impl JobQueue {
         if jobs.is_empty() {
             return;
         }
-        self.lock().jobs.extend(jobs);
-        self.ready.notify_one();
+        let mut state = self.lock();
+        state.jobs.extend(jobs);
+        let wake = state.should_wake();
+        drop(state);
+        if wake {
+            self.ready.notify_one();
+        }
     }
 
     /// The next job; `None` once the queue is closed and empty.
@@ -430,9 +458,9 @@ impl JobQueue {
         let mut state = self.lock();
         loop {
             if let Some(job) = state.jobs.pop_front() {
-                let more = !state.jobs.is_empty();
+                let wake = state.should_wake();
                 drop(state);
-                if more {
+                if wake {
                     self.ready.notify_one();
                 }
                 return Some(job);
@@ -440,7 +468,12 @@ impl JobQueue {
             if state.closed {
                 return None;
             }
+            state.sleeping += 1;
             state = self.ready.wait(state).unwrap_or_else(|e| e.into_inner());
+            state.sleeping -= 1;
+            // Woken (or spuriously awake): either way this worker now looks at the queue,
+            // so another may be woken for the jobs it leaves.
+            state.waking = false;
         }
     }
 }
