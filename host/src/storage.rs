@@ -24,7 +24,7 @@ pub enum StorageError {
     #[error("journal batch starting at event {first_seq} cannot be decoded: {source}")]
     Decode {
         first_seq: u64,
-        source: serde_json::Error,
+        source: crate::journal_codec::DecodeError,
     },
     #[error("cannot encode journal events: {0}")]
     Encode(serde_json::Error),
@@ -116,7 +116,9 @@ pub trait Storage: Send {
 /// Schema:
 /// - `meta(key TEXT PRIMARY KEY, value TEXT)`
 /// - `journal(first_seq INTEGER PRIMARY KEY, last_seq INTEGER, events BLOB)`: one row per
-///   commit, the events as a JSON array (group commit writes one row, not one per event).
+///   commit (group commit writes one row, not one per event or per step), the events in the
+///   compact binary format of [`crate::journal_codec`]; rows written as a JSON array by
+///   earlier versions are still read.
 /// - `tasks(id INTEGER PRIMARY KEY, kind, grp, state, attempt, updated_at, reason, output
 ///   BLOB, progress REAL)`: what the journal does not hold (outputs, the last progress), and
 ///   the outcome of each task that ended. The state of a waiting, queued or running task is
@@ -188,16 +190,31 @@ impl SqliteStorage {
 
 /// Encodes a batch of events as the journal stores them.
 pub fn encode_events(events: &[Event]) -> Result<Vec<u8>, StorageError> {
-    serde_json::to_vec(events).map_err(StorageError::Encode)
+    crate::journal_codec::encode(events).map_err(StorageError::Encode)
 }
 
-/// One batch's rows, inside the caller's transaction.
-fn write_batch(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> Result<(), StorageError> {
-    if let (Some(first), Some(last)) = (batch.events.first(), batch.events.last()) {
-        let blob = encode_events(&batch.events)?;
-        tx.prepare_cached("INSERT INTO journal(first_seq, last_seq, events) VALUES (?1, ?2, ?3)")?
-            .execute(params![first.seq as i64, last.seq as i64, blob])?;
+/// The events of all `batches`, in order, as one journal row.
+fn write_journal(tx: &rusqlite::Transaction<'_>, batches: &[Batch]) -> Result<(), StorageError> {
+    let mut events = batches.iter().flat_map(|b| b.events.iter());
+    let Some(first) = events.next() else {
+        return Ok(());
+    };
+    let last = events.next_back().unwrap_or(first);
+    let mut blob =
+        Vec::with_capacity(1 + 16 * batches.iter().map(|b| b.events.len()).sum::<usize>());
+    blob.push(crate::journal_codec::FORMAT_1);
+    let mut prev = (0, 0);
+    for b in batches {
+        crate::journal_codec::encode_into(&mut blob, &mut prev, &b.events)
+            .map_err(StorageError::Encode)?;
     }
+    tx.prepare_cached("INSERT INTO journal(first_seq, last_seq, events) VALUES (?1, ?2, ?3)")?
+        .execute(params![first.seq as i64, last.seq as i64, blob])?;
+    Ok(())
+}
+
+/// One batch's rows but its events, inside the caller's transaction.
+fn write_batch(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> Result<(), StorageError> {
     {
         let mut stmt = tx.prepare_cached(
             "INSERT INTO tasks(id, kind, grp, state, attempt, updated_at, reason, output, progress)
@@ -299,7 +316,7 @@ impl Storage for SqliteStorage {
                 rxs.push(rx);
                 scope.spawn(move || {
                     for (first_seq, blob) in raw_rx {
-                        let decoded = crate::event_decode::decode_events(&blob).map_err(|source| {
+                        let decoded = crate::journal_codec::decode(&blob).map_err(|source| {
                             StorageError::Decode {
                                 first_seq: first_seq as u64,
                                 source,
@@ -378,6 +395,7 @@ impl Storage for SqliteStorage {
             return Ok(());
         }
         let tx = self.conn.transaction()?;
+        write_journal(&tx, batches)?;
         for batch in batches {
             write_batch(&tx, batch)?;
         }
@@ -522,5 +540,60 @@ mod tests {
             Some(b"cp".to_vec())
         );
         assert_eq!(s.carried_ids().expect("ids"), vec![1]);
+    }
+
+    #[test]
+    fn a_journal_written_as_json_by_an_earlier_version_replays_before_the_new_rows() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let s = SqliteStorage::open(dir.path()).expect("open");
+            let old = serde_json::to_vec(&vec![submitted(1, 1), submitted(2, 2)]).expect("json");
+            s.conn
+                .execute(
+                    "INSERT INTO journal(first_seq, last_seq, events) VALUES (1, 2, ?1)",
+                    [old],
+                )
+                .expect("old row");
+        }
+        let mut s = SqliteStorage::open(dir.path()).expect("reopen");
+        // Two steps in one commit: one row.
+        s.commit_all(&[
+            Batch {
+                events: vec![submitted(3, 3)],
+                ..Batch::default()
+            },
+            Batch::default(),
+            Batch {
+                events: vec![submitted(4, 4), submitted(5, 5)],
+                ..Batch::default()
+            },
+        ])
+        .expect("commit");
+        let rows: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(rows, 2);
+        let mut events = Vec::new();
+        s.load_journal(&mut |e| {
+            events.push(e);
+            Ok(())
+        })
+        .expect("load");
+        assert_eq!(events, (1..=5).map(|i| submitted(i, i)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_row_from_a_later_version_stops_the_load_with_a_clear_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut s = SqliteStorage::open(dir.path()).expect("open");
+        s.conn
+            .execute(
+                "INSERT INTO journal(first_seq, last_seq, events) VALUES (1, 1, ?1)",
+                [vec![0x07u8, 1, 2]],
+            )
+            .expect("row");
+        let err = s.load_journal(&mut |_| Ok(())).expect_err("refused");
+        assert!(err.to_string().contains("later version"), "{err}");
     }
 }
