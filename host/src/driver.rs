@@ -855,7 +855,7 @@ impl Driver {
                     }
                 }
                 if a.attempt == 1 {
-                    if let Some(ready) = self.core.task(a.id).and_then(|t| t.ready_since) {
+                    if let Some(ready) = self.core.ready_since(a.id) {
                         self.metrics.observe_wait(
                             &a.group,
                             &a.kind,
@@ -890,7 +890,7 @@ impl Driver {
         &mut self,
         now: Millis,
         job: &Job,
-        result: JobResult,
+        mut result: JobResult,
         batch: &mut Batch,
         outputs: &mut HashMap<TaskId, Vec<u8>>,
         progress: &mut HashMap<TaskId, f32>,
@@ -915,7 +915,7 @@ impl Driver {
             batch.carries.push((
                 id,
                 Carry {
-                    checkpoint: result.checkpoint.clone(),
+                    checkpoint: result.checkpoint.take(),
                     context,
                 },
             ));
@@ -930,8 +930,8 @@ impl Driver {
         batch.attempts.push(AttemptRow {
             id,
             attempt: job.attempt,
-            outcome: result.summary.clone(),
-            cleanup: result.cleanup.clone(),
+            outcome: std::mem::take(&mut result.summary),
+            cleanup: result.cleanup.take(),
             elapsed_us: result.elapsed.as_micros() as u64,
         });
         // A timeout is reported no earlier than the core's deadline, so that the core has
@@ -983,16 +983,20 @@ impl Driver {
         touched.sort_unstable();
         touched.dedup();
         for id in touched {
-            let Some(t) = self.core.task(id) else {
-                continue;
-            };
             let (output, progress) = (outputs.remove(&id), progress.remove(&id));
             // The journal already holds every transition; a row holds what the journal does
             // not (an output, the last progress) and a task's outcome once it ended. Writing
             // a row at each submit and start as well tripled the writes per task.
-            if output.is_none() && progress.is_none() && !t.state.is_terminal() {
+            if output.is_none()
+                && progress.is_none()
+                && !self.core.state_of(id).is_some_and(|s| s.is_terminal())
+            {
                 continue;
             }
+            // A whole view (a few strings) only for the rows written.
+            let Some(t) = self.core.task(id) else {
+                continue;
+            };
             batch.tasks.push(TaskRow {
                 id,
                 kind: t.kind,
