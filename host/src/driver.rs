@@ -9,7 +9,7 @@
 //! leaves the host before it is durable, yet the driver goes on deciding while the disk
 //! syncs. Scheduling rules live in the core only: the driver never decides which task runs.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -20,6 +20,7 @@ use handyman_core::{
     AttemptOutcome, CancelOutcome, Core, CoreConfig, EventKind, GroupConfig, InterruptReason,
     Millis, Report, SubmitError, SubmitOutcome, TaskError, TaskId, TaskSpec, DEFAULT_POOL,
 };
+use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::sync::oneshot;
 
 use crate::executor::{Executor, Job, JobResult, KindInfo, StopReason};
@@ -247,9 +248,11 @@ struct Driver {
     pools: Vec<String>,
     clock: Clock,
     rx: Receiver<Command>,
-    running: HashMap<TaskId, RunningJob>,
+    /// Keyed by task id with a cheap hash (SipHash was ~8% of the driver bench's user-space
+    /// instructions); never iterated.
+    running: FxHashMap<TaskId, RunningJob>,
     /// Tasks with a stored checkpoint or context.
-    carried: HashSet<TaskId>,
+    carried: FxHashSet<TaskId>,
     metrics: Metrics,
     shutting_down: Option<(Instant, Vec<oneshot::Sender<()>>)>,
 }
@@ -336,7 +339,7 @@ pub fn start(
             },
         );
     }
-    let carried: HashSet<TaskId> = storage.carried_ids()?.into_iter().collect();
+    let carried: FxHashSet<TaskId> = storage.carried_ids()?.into_iter().collect();
     let storage: SharedStorage = Arc::new(Mutex::new(storage));
     let (tx, rx) = crossbeam_channel::unbounded();
     let job_queue = Arc::new(JobQueue::default());
@@ -358,7 +361,7 @@ pub fn start(
         pools: pools.keys().cloned().collect(),
         clock,
         rx,
-        running: HashMap::new(),
+        running: FxHashMap::default(),
         carried,
         metrics: Metrics::default(),
         shutting_down: None,
@@ -711,8 +714,8 @@ impl Driver {
         let mut batch = Batch::default();
         let mut replies = Vec::new();
         let mut queries = Vec::new();
-        let mut outputs: HashMap<TaskId, Vec<u8>> = HashMap::new();
-        let mut progress: HashMap<TaskId, f32> = HashMap::new();
+        let mut outputs: FxHashMap<TaskId, Vec<u8>> = FxHashMap::default();
+        let mut progress: FxHashMap<TaskId, f32> = FxHashMap::default();
         for command in commands {
             match command {
                 Command::Submit { specs, reply } => {
@@ -892,8 +895,8 @@ impl Driver {
         job: &Job,
         mut result: JobResult,
         batch: &mut Batch,
-        outputs: &mut HashMap<TaskId, Vec<u8>>,
-        progress: &mut HashMap<TaskId, f32>,
+        outputs: &mut FxHashMap<TaskId, Vec<u8>>,
+        progress: &mut FxHashMap<TaskId, f32>,
     ) {
         let id = job.id;
         tracing::debug!(task = id, attempt = job.attempt, kind = %job.kind, outcome = %result.summary, "attempt ended");
@@ -951,8 +954,8 @@ impl Driver {
         &mut self,
         now: Millis,
         batch: &mut Batch,
-        mut outputs: HashMap<TaskId, Vec<u8>>,
-        mut progress: HashMap<TaskId, f32>,
+        mut outputs: FxHashMap<TaskId, Vec<u8>>,
+        mut progress: FxHashMap<TaskId, f32>,
     ) {
         let mut touched: Vec<TaskId> = Vec::new();
         for e in &batch.events {
