@@ -624,6 +624,11 @@ impl Core {
         self.tasks.get(idx_checked(id)?).map(|t| t.state)
     }
 
+    /// When the task first became `queued`, without building a whole [`TaskView`].
+    pub fn ready_since(&self, id: TaskId) -> Option<Millis> {
+        self.tasks.get(idx_checked(id)?)?.ready_since
+    }
+
     /// The task's aged score under the policy at `now`, while it is queued.
     pub fn effective_priority(&self, id: TaskId, now: Millis) -> Option<f64> {
         let t = self.tasks.get(idx_checked(id)?)?;

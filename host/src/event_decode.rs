@@ -344,7 +344,7 @@ mod tests {
                 kind,
             })
             .collect();
-        let blob = crate::storage::encode_events(&events).unwrap();
+        let blob = serde_json::to_vec(&events).unwrap();
         assert_eq!(decode_events(&blob).unwrap(), events);
         let derived: Vec<Event> = serde_json::from_slice(&blob).unwrap();
         assert_eq!(derived, events);

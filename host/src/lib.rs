@@ -13,6 +13,7 @@ pub mod config;
 pub mod driver;
 mod event_decode;
 pub mod executor;
+mod journal_codec;
 pub mod metrics;
 pub mod runtime;
 pub mod server;

@@ -24,7 +24,7 @@ pub enum StorageError {
     #[error("journal batch starting at event {first_seq} cannot be decoded: {source}")]
     Decode {
         first_seq: u64,
-        source: serde_json::Error,
+        source: crate::journal_codec::DecodeError,
     },
     #[error("cannot encode journal events: {0}")]
     Encode(serde_json::Error),
@@ -116,7 +116,9 @@ pub trait Storage: Send {
 /// Schema:
 /// - `meta(key TEXT PRIMARY KEY, value TEXT)`
 /// - `journal(first_seq INTEGER PRIMARY KEY, last_seq INTEGER, events BLOB)`: one row per
-///   commit, the events as a JSON array (group commit writes one row, not one per event).
+///   commit (group commit writes one row, not one per event or per step), the events in the
+///   compact binary format of [`crate::journal_codec`]; rows written as a JSON array by
+///   earlier versions are still read.
 /// - `tasks(id INTEGER PRIMARY KEY, kind, grp, state, attempt, updated_at, reason, output
 ///   BLOB, progress REAL)`: what the journal does not hold (outputs, the last progress), and
 ///   the outcome of each task that ended. The state of a waiting, queued or running task is
@@ -182,46 +184,152 @@ impl SqliteStorage {
         conn.pragma_update(None, "wal_autocheckpoint", 10_000)
             .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
+        // The multi-row INSERTs use a statement per chunk size: room for them and the rest.
+        conn.set_prepared_statement_cache_capacity(64);
         Ok(SqliteStorage { conn })
     }
 }
 
 /// Encodes a batch of events as the journal stores them.
 pub fn encode_events(events: &[Event]) -> Result<Vec<u8>, StorageError> {
-    serde_json::to_vec(events).map_err(StorageError::Encode)
+    crate::journal_codec::encode(events).map_err(StorageError::Encode)
 }
 
-/// One batch's rows, inside the caller's transaction.
-fn write_batch(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> Result<(), StorageError> {
-    if let (Some(first), Some(last)) = (batch.events.first(), batch.events.last()) {
-        let blob = encode_events(&batch.events)?;
-        tx.prepare_cached("INSERT INTO journal(first_seq, last_seq, events) VALUES (?1, ?2, ?3)")?
-            .execute(params![first.seq as i64, last.seq as i64, blob])?;
+/// The events of all `batches`, in order, as one journal row.
+fn write_journal(tx: &rusqlite::Transaction<'_>, batches: &[Batch]) -> Result<(), StorageError> {
+    let mut events = batches.iter().flat_map(|b| b.events.iter());
+    let Some(first) = events.next() else {
+        return Ok(());
+    };
+    let last = events.next_back().unwrap_or(first);
+    let mut blob =
+        Vec::with_capacity(1 + 16 * batches.iter().map(|b| b.events.len()).sum::<usize>());
+    blob.push(crate::journal_codec::FORMAT_1);
+    let mut prev = (0, 0);
+    for b in batches {
+        crate::journal_codec::encode_into(&mut blob, &mut prev, &b.events)
+            .map_err(StorageError::Encode)?;
     }
-    {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO tasks(id, kind, grp, state, attempt, updated_at, reason, output, progress)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-             ON CONFLICT(id) DO UPDATE SET state = excluded.state, attempt = excluded.attempt,
-               updated_at = excluded.updated_at, reason = excluded.reason,
-               output = COALESCE(excluded.output, tasks.output),
-               progress = COALESCE(excluded.progress, tasks.progress)",
-        )?;
-        for t in &batch.tasks {
-            stmt.execute(params![
-                t.id as i64,
-                t.kind,
-                t.group,
-                t.state,
-                t.attempt,
-                t.updated_at as i64,
-                t.reason,
-                t.output,
-                t.progress.map(f64::from),
-            ])?;
+    tx.prepare_cached("INSERT INTO journal(first_seq, last_seq, events) VALUES (?1, ?2, ?3)")?
+        .execute(params![first.seq as i64, last.seq as i64, blob])?;
+    Ok(())
+}
+
+/// Most rows one INSERT statement writes: a statement per chunk of rows costs the writer
+/// thread less than a statement per row.
+const ROWS_PER_INSERT: usize = 32;
+
+/// `HEAD VALUES (?1, …), (…) TAIL` for `rows` rows of `cols` columns.
+fn values_sql(head: &str, cols: usize, rows: usize, tail: &str) -> String {
+    use std::fmt::Write as _;
+    let mut sql = String::with_capacity(head.len() + tail.len() + 8 + rows * (cols * 5 + 3));
+    sql.push_str(head);
+    sql.push_str(" VALUES ");
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ",(" });
+        for c in 0..cols {
+            let _ = write!(
+                sql,
+                "{}?{}",
+                if c == 0 { "" } else { "," },
+                r * cols + c + 1
+            );
+        }
+        sql.push(')');
+    }
+    sql.push(' ');
+    sql.push_str(tail);
+    sql
+}
+
+/// A multi-row INSERT: its SQL for 1, 2, 4, … `ROWS_PER_INSERT` rows, written once.
+struct MultiInsert {
+    head: &'static str,
+    cols: usize,
+    tail: &'static str,
+    sql: std::sync::OnceLock<Vec<String>>,
+}
+
+impl MultiInsert {
+    const fn new(head: &'static str, cols: usize, tail: &'static str) -> MultiInsert {
+        MultiInsert {
+            head,
+            cols,
+            tail,
+            sql: std::sync::OnceLock::new(),
         }
     }
-    {
+
+    /// The SQL for `rows` rows, a power of two up to `ROWS_PER_INSERT`.
+    fn sql(&self, rows: usize) -> &str {
+        let all = self.sql.get_or_init(|| {
+            (0..=ROWS_PER_INSERT.ilog2())
+                .map(|k| values_sql(self.head, self.cols, 1 << k, self.tail))
+                .collect()
+        });
+        &all[rows.ilog2() as usize]
+    }
+}
+
+/// Inserts `rows` in order, in statements of `ROWS_PER_INSERT` rows and then of halving
+/// sizes (so that a handful of cached statements serve every count). `bind` binds one row's
+/// `cols` values from the parameter index it is given.
+fn insert_rows<'r, T: 'r>(
+    tx: &rusqlite::Transaction<'_>,
+    insert: &MultiInsert,
+    rows: impl ExactSizeIterator<Item = &'r T>,
+    bind: impl Fn(&mut rusqlite::Statement<'_>, usize, &T) -> rusqlite::Result<()>,
+) -> Result<(), StorageError> {
+    let mut left = rows.len();
+    let mut rows = rows;
+    while left > 0 {
+        let n = if left >= ROWS_PER_INSERT {
+            ROWS_PER_INSERT
+        } else {
+            1 << left.ilog2()
+        };
+        let mut stmt = tx.prepare_cached(insert.sql(n))?;
+        for (i, row) in rows.by_ref().take(n).enumerate() {
+            bind(&mut stmt, i * insert.cols + 1, row)?;
+        }
+        stmt.raw_execute()?;
+        left -= n;
+    }
+    Ok(())
+}
+
+static TASKS_INSERT: MultiInsert = MultiInsert::new(
+    "INSERT INTO tasks(id, kind, grp, state, attempt, updated_at, reason, output, progress)",
+    9,
+    "ON CONFLICT(id) DO UPDATE SET state = excluded.state, attempt = excluded.attempt,
+       updated_at = excluded.updated_at, reason = excluded.reason,
+       output = COALESCE(excluded.output, tasks.output),
+       progress = COALESCE(excluded.progress, tasks.progress)",
+);
+
+static ATTEMPTS_INSERT: MultiInsert = MultiInsert::new(
+    "INSERT OR REPLACE INTO attempts(task_id, attempt, outcome, cleanup, elapsed_us)",
+    5,
+    "",
+);
+
+/// The rows of all `batches` but their events, in order, inside the caller's transaction.
+fn write_rows(tx: &rusqlite::Transaction<'_>, batches: &[Batch]) -> Result<(), StorageError> {
+    // A task's later row overwrites its earlier one, within a statement as across them.
+    let tasks: Vec<&TaskRow> = batches.iter().flat_map(|b| b.tasks.iter()).collect();
+    insert_rows(tx, &TASKS_INSERT, tasks.into_iter(), |stmt, i, t| {
+        stmt.raw_bind_parameter(i, t.id as i64)?;
+        stmt.raw_bind_parameter(i + 1, &t.kind)?;
+        stmt.raw_bind_parameter(i + 2, &t.group)?;
+        stmt.raw_bind_parameter(i + 3, &t.state)?;
+        stmt.raw_bind_parameter(i + 4, t.attempt)?;
+        stmt.raw_bind_parameter(i + 5, t.updated_at as i64)?;
+        stmt.raw_bind_parameter(i + 6, &t.reason)?;
+        stmt.raw_bind_parameter(i + 7, &t.output)?;
+        stmt.raw_bind_parameter(i + 8, t.progress.map(f64::from))
+    })?;
+    // Rare (checkpoints and contexts): a statement per row, batch by batch.
+    for batch in batches {
         let mut stmt = tx.prepare_cached(
             "INSERT INTO carries(task_id, checkpoint, context) VALUES (?1, ?2, ?3)
              ON CONFLICT(task_id) DO UPDATE SET
@@ -236,21 +344,14 @@ fn write_batch(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> Result<(), Stor
             del.execute([*id as i64])?;
         }
     }
-    {
-        let mut stmt = tx.prepare_cached(
-            "INSERT OR REPLACE INTO attempts(task_id, attempt, outcome, cleanup, elapsed_us)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        for a in &batch.attempts {
-            stmt.execute(params![
-                a.id as i64,
-                a.attempt,
-                a.outcome,
-                a.cleanup,
-                a.elapsed_us as i64
-            ])?;
-        }
-    }
+    let attempts: Vec<&AttemptRow> = batches.iter().flat_map(|b| b.attempts.iter()).collect();
+    insert_rows(tx, &ATTEMPTS_INSERT, attempts.into_iter(), |stmt, i, a| {
+        stmt.raw_bind_parameter(i, a.id as i64)?;
+        stmt.raw_bind_parameter(i + 1, a.attempt)?;
+        stmt.raw_bind_parameter(i + 2, &a.outcome)?;
+        stmt.raw_bind_parameter(i + 3, &a.cleanup)?;
+        stmt.raw_bind_parameter(i + 4, a.elapsed_us as i64)
+    })?;
     Ok(())
 }
 
@@ -299,7 +400,7 @@ impl Storage for SqliteStorage {
                 rxs.push(rx);
                 scope.spawn(move || {
                     for (first_seq, blob) in raw_rx {
-                        let decoded = crate::event_decode::decode_events(&blob).map_err(|source| {
+                        let decoded = crate::journal_codec::decode(&blob).map_err(|source| {
                             StorageError::Decode {
                                 first_seq: first_seq as u64,
                                 source,
@@ -378,9 +479,8 @@ impl Storage for SqliteStorage {
             return Ok(());
         }
         let tx = self.conn.transaction()?;
-        for batch in batches {
-            write_batch(&tx, batch)?;
-        }
+        write_journal(&tx, batches)?;
+        write_rows(&tx, batches)?;
         tx.commit()?;
         Ok(())
     }
@@ -522,5 +622,122 @@ mod tests {
             Some(b"cp".to_vec())
         );
         assert_eq!(s.carried_ids().expect("ids"), vec![1]);
+    }
+
+    #[test]
+    fn a_journal_written_as_json_by_an_earlier_version_replays_before_the_new_rows() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let s = SqliteStorage::open(dir.path()).expect("open");
+            let old = serde_json::to_vec(&vec![submitted(1, 1), submitted(2, 2)]).expect("json");
+            s.conn
+                .execute(
+                    "INSERT INTO journal(first_seq, last_seq, events) VALUES (1, 2, ?1)",
+                    [old],
+                )
+                .expect("old row");
+        }
+        let mut s = SqliteStorage::open(dir.path()).expect("reopen");
+        // Two steps in one commit: one row.
+        s.commit_all(&[
+            Batch {
+                events: vec![submitted(3, 3)],
+                ..Batch::default()
+            },
+            Batch::default(),
+            Batch {
+                events: vec![submitted(4, 4), submitted(5, 5)],
+                ..Batch::default()
+            },
+        ])
+        .expect("commit");
+        let rows: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(rows, 2);
+        let mut events = Vec::new();
+        s.load_journal(&mut |e| {
+            events.push(e);
+            Ok(())
+        })
+        .expect("load");
+        assert_eq!(events, (1..=5).map(|i| submitted(i, i)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_row_from_a_later_version_stops_the_load_with_a_clear_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut s = SqliteStorage::open(dir.path()).expect("open");
+        s.conn
+            .execute(
+                "INSERT INTO journal(first_seq, last_seq, events) VALUES (1, 1, ?1)",
+                [vec![0x07u8, 1, 2]],
+            )
+            .expect("row");
+        let err = s.load_journal(&mut |_| Ok(())).expect_err("refused");
+        assert!(err.to_string().contains("later version"), "{err}");
+    }
+
+    #[test]
+    fn rows_of_many_steps_are_written_in_chunks_and_the_last_row_of_a_task_wins() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut s = SqliteStorage::open(dir.path()).expect("open");
+        let row = |id: TaskId, state: &str, output: Option<&[u8]>| TaskRow {
+            id,
+            kind: "echo".into(),
+            group: format!("g{id}"),
+            state: state.into(),
+            attempt: 1,
+            updated_at: id * 10,
+            reason: None,
+            output: output.map(<[u8]>::to_vec),
+            progress: None,
+        };
+        let attempt = |id: TaskId| AttemptRow {
+            id,
+            attempt: 1,
+            outcome: format!("done {id}"),
+            cleanup: None,
+            elapsed_us: id,
+        };
+        // 70 rows: chunks of 32, 32, 4 and 2; task 5 written twice, in two steps.
+        let first = Batch {
+            tasks: (1..=40)
+                .map(|id| row(id, "running", Some(b"early")))
+                .collect(),
+            attempts: (1..=40).map(attempt).collect(),
+            ..Batch::default()
+        };
+        let second = Batch {
+            tasks: std::iter::once(row(5, "succeeded", None))
+                .chain((41..=69).map(|id| row(id, "succeeded", Some(b"out"))))
+                .collect(),
+            attempts: (41..=70).map(attempt).collect(),
+            ..Batch::default()
+        };
+        s.commit_all(&[first, second]).expect("commit");
+        let five = s.task_row(5).expect("row").expect("present");
+        assert_eq!(five.state, "succeeded");
+        assert_eq!(
+            five.output.as_deref(),
+            Some(&b"early"[..]),
+            "COALESCE keeps it"
+        );
+        let sixty_nine = s.task_row(69).expect("row").expect("present");
+        assert_eq!(sixty_nine.group, "g69");
+        assert_eq!(sixty_nine.output.as_deref(), Some(&b"out"[..]));
+        for id in [1, 32, 33, 64, 65, 69, 70] {
+            assert_eq!(
+                s.attempts(id).expect("attempts"),
+                vec![attempt(id)],
+                "task {id}"
+            );
+        }
+        let count: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM tasks", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(count, 69);
     }
 }
