@@ -188,6 +188,32 @@ fn spin_is_stopped_by_cancellation_from_another_thread() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// The example handlers' linear memory starts at 17 pages: a 1 MiB stack, static data, and
+/// the free tail that the SDK's allocator hands out before it grows anything.
+const SDK_INITIAL_MEMORY: u64 = 17 * 65_536;
+
+#[test]
+fn an_sdk_handler_serves_a_small_attempt_from_its_initial_memory() {
+    // A limit of exactly the initial memory: any growth at all is refused, and says so.
+    let runtime = runtime();
+    let config = KindConfig {
+        memory_limit: SDK_INITIAL_MEMORY,
+        ..KindConfig::default()
+    };
+    load_plugin(&runtime, "echo", config);
+    let small = vec![b'x'; 8 << 10];
+    let result = runtime.run_attempt("echo", input(&small)).unwrap();
+    assert_eq!(result.outcome, AttemptOutcome::Done(small));
+    // A payload larger than the free tail must grow the memory, and is stopped: the check
+    // above is not passing because growth goes unseen.
+    let large = vec![b'x'; 256 << 10];
+    let result = runtime.run_attempt("echo", input(&large)).unwrap();
+    let AttemptOutcome::Trap(trap) = &result.outcome else {
+        panic!("{:?}", result.outcome);
+    };
+    assert_eq!(trap.kind, TrapKind::MemoryLimit, "{trap:?}");
+}
+
 #[test]
 fn memory_hog_is_stopped_by_its_memory_limit() {
     let runtime = runtime();

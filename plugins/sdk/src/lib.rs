@@ -291,6 +291,146 @@ pub mod __private {
     }
 }
 
+/// The handler's global allocator: an attempt's first allocations come from the free tail of
+/// the initial linear memory, and only what does not fit there goes to the standard allocator.
+///
+/// Every attempt runs in a fresh instance, and Rust's standard allocator on wasm32 takes its
+/// first block by growing linear memory, even when the initial pages have room to spare. A
+/// grown memory costs the host two `mprotect` calls per attempt (one to grow, one to shrink
+/// the slot back for the next attempt), each a TLB shootdown on every core: for a small
+/// handler, the largest part of an attempt. So the pages between the end of the stack and
+/// static data (`__heap_base`) and the end of the initial memory are handed out first, by a
+/// bump pointer. A freed block there is taken back only if it is the last one handed out;
+/// otherwise it stays used until the instance goes, at the end of the attempt. That bounds
+/// what can be lost to the size of those pages (64 KiB or so).
+///
+/// Turn off the default `first-pages-allocator` feature to pick another global allocator.
+#[cfg(all(target_arch = "wasm32", feature = "first-pages-allocator"))]
+mod first_pages {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::UnsafeCell;
+
+    extern "C" {
+        /// Set by the linker: where the stack and static data end.
+        static __heap_base: u8;
+    }
+
+    const WASM_PAGE: usize = 65_536;
+
+    struct Region {
+        start: usize,
+        next: usize,
+        end: usize,
+    }
+
+    pub struct FirstPagesThenSystem(UnsafeCell<Option<Region>>);
+
+    // SAFETY: a component instance runs on one thread (wasm32 without the threads proposal),
+    // so the region is never touched by two callers at once.
+    unsafe impl Sync for FirstPagesThenSystem {}
+
+    impl FirstPagesThenSystem {
+        pub const fn new() -> Self {
+            FirstPagesThenSystem(UnsafeCell::new(None))
+        }
+
+        /// The region, set up on first use: from `__heap_base` to the memory's size then.
+        /// Nothing grows the memory before the first allocation, so that is its initial size,
+        /// and every block the standard allocator takes later lies beyond it.
+        #[allow(clippy::mut_from_ref)]
+        unsafe fn region(&self) -> &mut Region {
+            // SAFETY: see `Sync` above; no other reference to the region is alive.
+            let region = unsafe { &mut *self.0.get() };
+            region.get_or_insert_with(|| {
+                let start = core::ptr::addr_of!(__heap_base) as usize;
+                let end = core::arch::wasm32::memory_size(0) * WASM_PAGE;
+                Region {
+                    start,
+                    next: start,
+                    end: end.max(start),
+                }
+            })
+        }
+    }
+
+    impl Region {
+        fn holds(&self, ptr: *mut u8) -> bool {
+            (self.start..self.end).contains(&(ptr as usize))
+        }
+
+        fn take(&mut self, layout: Layout) -> Option<*mut u8> {
+            let at = self.next.checked_add(layout.align() - 1)? & !(layout.align() - 1);
+            let stop = at.checked_add(layout.size())?;
+            if stop > self.end {
+                return None;
+            }
+            self.next = stop;
+            Some(at as *mut u8)
+        }
+    }
+
+    unsafe impl GlobalAlloc for FirstPagesThenSystem {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: single-threaded, see `Sync`.
+            let region = unsafe { self.region() };
+            match region.take(layout) {
+                Some(ptr) => ptr,
+                // SAFETY: the caller's layout contract carries over.
+                None => unsafe { System.alloc(layout) },
+            }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: single-threaded, see `Sync`.
+            let region = unsafe { self.region() };
+            if region.holds(ptr) {
+                if ptr as usize + layout.size() == region.next {
+                    region.next = ptr as usize;
+                }
+                return;
+            }
+            // SAFETY: not ours, so the standard allocator handed it out with this layout.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            // SAFETY: single-threaded, see `Sync`.
+            let region = unsafe { self.region() };
+            if !region.holds(ptr) {
+                // SAFETY: the standard allocator's block, resized by it.
+                return unsafe { System.realloc(ptr, layout, new_size) };
+            }
+            let last = ptr as usize + layout.size() == region.next;
+            if let Some(stop) = (ptr as usize).checked_add(new_size) {
+                if last && stop <= region.end {
+                    // The last block grows or shrinks where it is.
+                    region.next = stop;
+                    return ptr;
+                }
+                if new_size <= layout.size() {
+                    return ptr;
+                }
+            }
+            let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
+                return core::ptr::null_mut();
+            };
+            // SAFETY: a fresh block of the new size, then a copy of the old contents, which
+            // are `layout.size()` bytes long and shorter than the new block.
+            unsafe {
+                let new = self.alloc(new_layout);
+                if !new.is_null() {
+                    core::ptr::copy_nonoverlapping(ptr, new, layout.size());
+                    self.dealloc(ptr, layout);
+                }
+                new
+            }
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: FirstPagesThenSystem = FirstPagesThenSystem::new();
+}
+
 mod panic {
     use std::sync::Once;
 
