@@ -361,16 +361,7 @@ mod tests {
 
     #[test]
     fn remembered_waits_agree_with_fresh_ones_as_thresholds_and_heads_change() {
-        let mut lane = Lane {
-            pool: 0,
-            group: 0,
-            buckets: Vec::new(),
-            queued: 0,
-            running: 0,
-            key: None,
-            level_timer: None,
-            dirty: false,
-        };
+        let mut lane = Lane::new(0, 0);
         let linear = Ageing::Linear {
             per_minute: 1.5,
             cap: 10.0,

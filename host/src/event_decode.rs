@@ -262,75 +262,23 @@ fn slow<'de, A: MapAccess<'de>>(
 mod tests {
     use super::*;
 
+    /// The journal codec's every-kind list, plus a payload full of JSON escapes.
     fn every_kind() -> Vec<EventKind> {
-        use EventKind as K;
-        let spec = TaskSpec {
-            payload: b"{\"x\": \"a \\\"quoted\\\" \\u00e9\"}".to_vec(),
-            ..TaskSpec::default()
-        };
-        vec![
-            K::PoolConfigured {
-                pool: "p\"ool".into(),
-                slots: 3,
-            },
-            K::GroupConfigured {
-                group: "g".into(),
-                config: GroupConfig::default(),
-            },
-            K::Submitted {
-                id: 7,
-                spec: Box::new(spec),
-                parent: Some(2),
-            },
-            K::Submitted {
-                id: 8,
-                spec: Box::default(),
-                parent: None,
-            },
-            K::Released { id: 7 },
-            K::Blocked { id: 7 },
-            K::Assigned {
-                id: 7,
-                attempt: 1,
-                pool: Arc::from("default"),
-            },
-            K::Started { id: 7, attempt: 1 },
-            K::InterruptRequested {
-                id: 7,
-                attempt: 1,
-                reason: InterruptReason::Timeout,
-            },
-            K::AttemptEnded {
-                id: 7,
-                attempt: 1,
-                outcome: AttemptOutcome::Success {
-                    output: vec![0xff, 0, 1],
-                },
-                ran_ms: 12,
-            },
-            K::AttemptEnded {
-                id: 7,
-                attempt: 2,
-                outcome: AttemptOutcome::Lost { why: "gone".into() },
-                ran_ms: 0,
-            },
-            K::RetryScheduled { id: 7, due: 99 },
-            K::Requeued { id: 7 },
-            K::Succeeded { id: 7 },
-            K::Failed {
-                id: 7,
-                reason: "no".into(),
-            },
-            K::Cancelled {
-                id: 7,
-                reason: "stop".into(),
-            },
-            K::StaleReport {
-                id: 7,
-                attempt: 1,
-                current: 2,
-            },
-        ]
+        let mut kinds = crate::journal_codec::tests::every_kind();
+        kinds.push(EventKind::Submitted {
+            id: 9,
+            spec: Box::new(TaskSpec {
+                payload: b"{\"x\": \"a \\\"quoted\\\" \\u00e9\"}".to_vec(),
+                ..TaskSpec::default()
+            }),
+            parent: None,
+        });
+        kinds.push(EventKind::Submitted {
+            id: 10,
+            spec: Box::default(),
+            parent: None,
+        });
+        kinds
     }
 
     #[test]

@@ -412,11 +412,11 @@ fn decode_one(r: &mut Reader<'_>, seq: &mut u64, at: &mut Millis) -> R<Event> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use handyman_core::{Ageing, Backoff};
 
-    fn every_kind() -> Vec<EventKind> {
+    pub(crate) fn every_kind() -> Vec<EventKind> {
         use EventKind as K;
         let full = TaskSpec::new("table-copy")
             .pool("team/gpu")
