@@ -9,6 +9,7 @@ pub mod check;
 pub mod fasthash;
 pub mod metrics;
 pub mod output;
+pub mod prefault;
 pub mod scenario;
 pub mod sim;
 pub mod sweep;
