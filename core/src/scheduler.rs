@@ -525,8 +525,21 @@ impl Core {
 
     /// Gives a worker of `pool` the next task, if a slot is free and a task is eligible.
     pub fn next_assignment(&mut self, now: Millis, pool: &str) -> Option<Assignment> {
+        let pool = self.pool_id(pool);
+        match pool {
+            Some(pool) => self.next_assignment_in(now, pool),
+            None => {
+                self.advance(now);
+                None
+            }
+        }
+    }
+
+    /// [`Core::next_assignment`] for a pool already resolved with [`Core::pool_id`].
+    pub fn next_assignment_in(&mut self, now: Millis, pool: PoolId) -> Option<Assignment> {
         self.advance(now);
-        let p = *self.pool_ids.get(pool)?;
+        let p = pool.0;
+        self.pools.get(p as usize)?;
         self.flush_lanes();
         let pool_ref = &self.pools[p as usize];
         if pool_ref.running >= pool_ref.slots
@@ -727,13 +740,19 @@ impl Core {
 
     /// Slots of `pool` not in use.
     pub fn free_slots(&self, pool: &str) -> u32 {
-        self.pool_ids
-            .get(pool)
-            .map(|&p| {
-                let p = &self.pools[p as usize];
-                p.slots.saturating_sub(p.running)
-            })
-            .unwrap_or(0)
+        self.pool_id(pool).map_or(0, |p| self.free_slots_in(p))
+    }
+
+    /// The handle of a pool the core knows (one that a task or a slot setting has named).
+    pub fn pool_id(&self, pool: &str) -> Option<PoolId> {
+        self.pool_ids.get(pool).map(|&p| PoolId(p))
+    }
+
+    /// [`Core::free_slots`] for a pool already resolved with [`Core::pool_id`].
+    pub fn free_slots_in(&self, pool: PoolId) -> u32 {
+        self.pools
+            .get(pool.0 as usize)
+            .map_or(0, |p| p.slots.saturating_sub(p.running))
     }
 
     /// Whether `pool` has a queued task that a free slot could take now.

@@ -225,6 +225,15 @@ pub enum ReplayError {
     Inconsistent { seq: u64, problem: String },
 }
 
+/// A pool's handle from [`Core::pool_id`], for callers that ask about the same pools after
+/// every step: resolving a name costs a hash and a string compare each time. A handle stays
+/// valid for the core it came from and for replays of that core's journal (pools are numbered
+/// in the order the journal names them, and never removed).
+///
+/// [`Core::pool_id`]: crate::Core::pool_id
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PoolId(pub(crate) crate::queue::PoolIdx);
+
 /// Work for a worker of a pool.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Assignment {

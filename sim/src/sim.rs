@@ -16,8 +16,8 @@ use std::thread;
 
 use handyman_core::{
     AttemptOutcome, CancelOutcome, Core, CoreConfig, DepRef, Event, EventKind, GroupConfig,
-    InjectedBug, InterruptReason, Millis, PolicyKind, Report, ReportOutcome, SubmitOutcome, TaskId,
-    TaskSpec, TaskState, TimeoutMode,
+    InjectedBug, InterruptReason, Millis, PolicyKind, PoolId, Report, ReportOutcome, SubmitOutcome,
+    TaskId, TaskSpec, TaskState, TimeoutMode,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -243,6 +243,8 @@ pub struct Sim<'s> {
     /// The group and pool found last, tried before the maps.
     last_group: u32,
     last_pool: u16,
+    /// The core's handles of `pools`, resolved on first use (a replayed core keeps them).
+    core_pools: Vec<Option<PoolId>>,
     pools: Vec<PoolRec>,
     pool_ids: FxMap<String, u16>,
     kind_ids: FxMap<String, u16>,
@@ -356,6 +358,7 @@ impl<'s> Sim<'s> {
             group_ids: FxMap::default(),
             last_group: 0,
             last_pool: 0,
+            core_pools: Vec::new(),
             pools: Vec::new(),
             pool_ids: FxMap::default(),
             kind_ids,
@@ -757,13 +760,14 @@ impl<'s> Sim<'s> {
     /// Hands out assignments while slots are free, in every pool.
     fn dispatch(&mut self) {
         for p in 0..self.pools.len() {
+            let Some(pool) = self.core_pool(p) else {
+                continue;
+            };
             loop {
-                // Borrowed, not cloned: this runs after every step.
-                let name = &self.pools[p].name;
-                if self.core.free_slots(name) == 0 {
+                if self.core.free_slots_in(pool) == 0 {
                     break;
                 }
-                match self.core.next_assignment(self.now, name) {
+                match self.core.next_assignment_in(self.now, pool) {
                     Some(a) => {
                         self.drain();
                         self.start_attempt(a.id, a.attempt, p as u16)
@@ -773,6 +777,16 @@ impl<'s> Sim<'s> {
             }
         }
         self.drain();
+    }
+
+    fn core_pool(&mut self, p: usize) -> Option<PoolId> {
+        if self.core_pools.len() <= p {
+            self.core_pools.resize(p + 1, None);
+        }
+        if self.core_pools[p].is_none() {
+            self.core_pools[p] = self.core.pool_id(&self.pools[p].name);
+        }
+        self.core_pools[p]
     }
 
     fn start_attempt(&mut self, id: TaskId, attempt: u32, pool: u16) {
