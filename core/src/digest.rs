@@ -17,7 +17,7 @@ impl Core {
         self.tasks.len().hash(&mut h);
         for t in &self.tasks {
             t.state.hash(&mut h);
-            t.kind.hash(&mut h);
+            self.kinds[t.kind as usize].hash(&mut h);
             t.pool.hash(&mut h);
             t.group.hash(&mut h);
             t.priority.hash(&mut h);
@@ -30,12 +30,12 @@ impl Core {
             t.deps.hash(&mut h);
             t.deps_pending.hash(&mut h);
             t.failed_dependency.hash(&mut h);
-            t.dependents.hash(&mut h);
+            t.dependents().hash(&mut h);
             t.retry_due.hash(&mut h);
             t.cancel_requested.hash(&mut h);
             t.reason().hash(&mut h);
             t.payload.hash(&mut h);
-            match &t.running {
+            match self.attempts.get(t.running) {
                 Some(r) => {
                     1u8.hash(&mut h);
                     r.assigned_at.hash(&mut h);

@@ -186,7 +186,7 @@ impl Core {
             }
             TaskState::Queued => self.explain_queued(now, id, &mut reasons),
             TaskState::Running => {
-                if let Some(r) = &t.running {
+                if let Some(r) = self.attempts.get(t.running) {
                     reasons.push(Reason::Running {
                         attempt: t.attempt,
                         since: r.assigned_at,
@@ -246,7 +246,9 @@ impl Core {
             }
         }
         let my_score = t.base_score
-            + t.ageing
+            + self
+                .ageings
+                .get(t.ageing)
                 .boost(now.saturating_sub(t.ready_since.unwrap_or(now)));
         let my_ready = t.ready_since.unwrap_or(now);
         let mut in_group = 0;

@@ -88,7 +88,7 @@ impl Core {
                     ),
                 );
             }
-            if let Some(r) = &t.running {
+            if let Some(r) = self.attempts.get(t.running) {
                 group_running[t.group as usize] += 1;
                 pool_running[t.pool as usize] += 1;
                 let timer = match r.interrupt {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::ageing::Ageing;
+use crate::ageing::{Ageing, AgeingClassKey};
 use crate::journal::{AttemptOutcome, Event, EventKind, InterruptReason};
 use crate::policy::Policy;
 use crate::queue::{order_bits, GroupIdx, Lane, LaneIdx, LaneKey, PoolIdx};
@@ -30,7 +30,7 @@ const MAX_FOLLOW_UP_DEPTH: usize = 8;
 /// stored values are rescaled so that they never overflow.
 const MAX_SHARE_EXPONENT: f64 = 256.0;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct RunningAttempt {
     pub assigned_at: Millis,
     pub started_at: Option<Millis>,
@@ -38,15 +38,122 @@ pub(crate) struct RunningAttempt {
     pub interrupt: Option<(InterruptReason, Millis)>,
 }
 
+/// Values that many tasks share (ageing functions, backoffs), stored once: a task keeps a
+/// 4-byte number instead of 32 bytes. Numbers follow first use, so a replay numbers alike,
+/// and only `get` reads them back: no decision depends on them.
+#[derive(Debug, Clone)]
+pub(crate) struct Shared<T, K> {
+    values: Vec<T>,
+    numbers: HashMap<K, u32>,
+}
+
+impl<T, K> Default for Shared<T, K> {
+    fn default() -> Self {
+        Shared {
+            values: Vec::new(),
+            numbers: HashMap::default(),
+        }
+    }
+}
+
+impl<T: Copy, K: std::hash::Hash + Eq> Shared<T, K> {
+    /// The number of `value`, whose identity is `key`.
+    fn number(&mut self, value: T, key: K) -> u32 {
+        let values = &mut self.values;
+        *self.numbers.entry(key).or_insert_with(|| {
+            values.push(value);
+            values.len() as u32 - 1
+        })
+    }
+
+    pub fn get(&self, number: u32) -> T {
+        self.values[number as usize]
+    }
+}
+
+/// A backoff's bit-exact identity.
+type BackoffKey = (Millis, u64, Millis, u64);
+
+fn backoff_key(b: &Backoff) -> BackoffKey {
+    (
+        b.initial_ms,
+        b.multiplier.to_bits(),
+        b.max_ms,
+        b.jitter.to_bits(),
+    )
+}
+
+/// Where a task's running attempt is kept in [`Attempts`], if it has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AttemptSlot(u32);
+
+impl AttemptSlot {
+    pub const NONE: AttemptSlot = AttemptSlot(u32::MAX);
+
+    pub fn is_some(self) -> bool {
+        self != AttemptSlot::NONE
+    }
+}
+
+/// The running attempts, out of line: only as many tasks run at once as there are slots,
+/// while every byte in [`Task`] is paid by every task ever submitted. Slot numbers are reused
+/// and never reach a decision.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Attempts {
+    slots: Vec<RunningAttempt>,
+    free: Vec<u32>,
+}
+
+impl Attempts {
+    fn insert(&mut self, attempt: RunningAttempt) -> AttemptSlot {
+        match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = attempt;
+                AttemptSlot(slot)
+            }
+            None => {
+                self.slots.push(attempt);
+                AttemptSlot(self.slots.len() as u32 - 1)
+            }
+        }
+    }
+
+    pub fn get(&self, slot: AttemptSlot) -> Option<&RunningAttempt> {
+        if slot.is_some() {
+            self.slots.get(slot.0 as usize)
+        } else {
+            None
+        }
+    }
+
+    fn get_mut(&mut self, slot: AttemptSlot) -> Option<&mut RunningAttempt> {
+        if slot.is_some() {
+            self.slots.get_mut(slot.0 as usize)
+        } else {
+            None
+        }
+    }
+
+    /// Empties `slot` and returns what it held.
+    fn take(&mut self, slot: &mut AttemptSlot) -> Option<RunningAttempt> {
+        let attempt = *self.get(*slot)?;
+        self.free.push(slot.0);
+        *slot = AttemptSlot::NONE;
+        Some(attempt)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Task {
-    pub kind: Arc<str>,
+    /// In [`Core::kinds`].
+    pub kind: u32,
     pub pool: PoolIdx,
     pub group: GroupIdx,
     pub lane: LaneIdx,
     pub priority: i32,
-    /// The ageing the policy applies (not necessarily the one the spec asked for).
-    pub ageing: Ageing,
+    /// The ageing the policy applies (not necessarily the one the spec asked for), in
+    /// [`Core::ageings`].
+    pub ageing: u32,
     pub base_score: f64,
     pub state: TaskState,
     pub attempt: u32,
@@ -59,15 +166,20 @@ pub(crate) struct Task {
     pub deps_pending: u32,
     /// A dependency that failed or was cancelled: this task is doomed.
     pub failed_dependency: Option<TaskId>,
-    pub dependents: Vec<TaskId>,
+    /// Tasks waiting for this one. Boxed, as most tasks have none: 8 bytes per task here
+    /// instead of 24, for a second allocation in the few tasks that have dependents.
+    #[allow(clippy::box_collection)]
+    pub dependents: Option<Box<Vec<TaskId>>>,
     pub max_runtime_ms: Millis,
     pub on_timeout: TimeoutMode,
     pub max_retries: u32,
-    pub backoff: Backoff,
+    /// In [`Core::backoffs`].
+    pub backoff: u32,
     /// What few tasks have, out of line: every byte here is paid by every task.
     pub extra: Option<Box<TaskExtra>>,
     pub payload: Arc<[u8]>,
-    pub running: Option<RunningAttempt>,
+    /// The current attempt, while one runs (in [`Core::attempts`]).
+    pub running: AttemptSlot,
     pub retry_due: Option<Millis>,
     pub cancel_requested: bool,
 }
@@ -155,6 +267,10 @@ impl Task {
         self.deps_pending == 0 && self.failed_dependency.is_none()
     }
 
+    pub fn dependents(&self) -> &[TaskId] {
+        self.dependents.as_deref().map_or(&[], |d| d.as_slice())
+    }
+
     pub fn dep_group(&self) -> Option<&Arc<str>> {
         self.extra.as_ref()?.dep_group.as_ref()
     }
@@ -215,6 +331,9 @@ pub struct Core {
     pub(crate) config: CoreConfig,
     pub(crate) policy: Box<dyn Policy>,
     pub(crate) tasks: Vec<Task>,
+    pub(crate) attempts: Attempts,
+    pub(crate) ageings: Shared<Ageing, AgeingClassKey>,
+    backoffs: Shared<Backoff, BackoffKey>,
     pub(crate) next_seq: u64,
     pub(crate) now: Millis,
     journal: Vec<Event>,
@@ -225,7 +344,9 @@ pub struct Core {
     group_ids: HashMap<Arc<str>, GroupIdx>,
     pub(crate) lanes: Vec<Lane>,
     lane_ids: HashMap<(PoolIdx, GroupIdx), LaneIdx>,
-    kinds: HashMap<Arc<str>, ()>,
+    /// Handler names, numbered by first use.
+    pub(crate) kinds: Vec<Arc<str>>,
+    kind_numbers: HashMap<Arc<str>, u32>,
     pub(crate) dedup: HashMap<Box<str>, TaskId>,
     pub(crate) dep_groups: HashMap<Arc<str>, DepGroup>,
     /// Running attempts by the time the core acts on them: the deadline, or (once
@@ -260,6 +381,9 @@ impl Core {
             config,
             policy,
             tasks: Vec::new(),
+            attempts: Attempts::default(),
+            ageings: Shared::default(),
+            backoffs: Shared::default(),
             next_seq: 1,
             now: 0,
             journal: Vec::new(),
@@ -270,7 +394,8 @@ impl Core {
             group_ids: HashMap::default(),
             lanes: Vec::new(),
             lane_ids: HashMap::default(),
-            kinds: HashMap::default(),
+            kinds: Vec::new(),
+            kind_numbers: HashMap::default(),
             dedup: HashMap::default(),
             dep_groups: HashMap::default(),
             deadlines: BTreeSet::new(),
@@ -491,7 +616,7 @@ impl Core {
             TaskState::Running => {
                 let t = &self.tasks[idx(id)];
                 if !t.cancel_requested {
-                    if let Some(r) = &t.running {
+                    if let Some(r) = self.attempts.get(t.running) {
                         let attempt = t.attempt;
                         let already_interrupted = r.interrupt.is_some();
                         self.emit(EventKind::InterruptRequested {
@@ -554,11 +679,11 @@ impl Core {
         let pool = self.pools[p as usize].name.clone();
         self.emit(EventKind::Assigned { id, attempt, pool });
         let t = &self.tasks[idx(id)];
-        let running = t.running.as_ref()?;
+        let running = self.attempts.get(t.running)?;
         Some(Assignment {
             id,
             attempt,
-            kind: t.kind.clone(),
+            kind: self.kinds[t.kind as usize].clone(),
             pool: self.pools[t.pool as usize].name.clone(),
             group: self.groups[t.group as usize].name.clone(),
             payload: t.payload.clone(),
@@ -590,9 +715,9 @@ impl Core {
         }
         match report {
             Report::Started => {
-                if self.tasks[idx(id)]
-                    .running
-                    .as_ref()
+                if self
+                    .attempts
+                    .get(self.tasks[idx(id)].running)
                     .is_some_and(|r| r.started_at.is_none())
                 {
                     self.emit(EventKind::Started { id, attempt });
@@ -646,14 +771,14 @@ impl Core {
     pub fn effective_priority(&self, id: TaskId, now: Millis) -> Option<f64> {
         let t = self.tasks.get(idx_checked(id)?)?;
         let wait = now.saturating_sub(t.ready_since?);
-        Some(t.base_score + t.ageing.boost(wait))
+        Some(t.base_score + self.ageings.get(t.ageing).boost(wait))
     }
 
     pub fn task(&self, id: TaskId) -> Option<TaskView> {
         let t = self.tasks.get(idx_checked(id)?)?;
         Some(TaskView {
             id,
-            kind: t.kind.to_string(),
+            kind: self.kinds[t.kind as usize].to_string(),
             pool: self.pools[t.pool as usize].name.to_string(),
             group: self.groups[t.group as usize].name.to_string(),
             priority: t.priority,
@@ -670,7 +795,7 @@ impl Core {
             dependency_group: t.dep_group().map(|g| g.to_string()),
             rank: t.rank(),
             dedup_key: t.dedup_key().map(|k| k.to_string()),
-            running: t.running.as_ref().map(|r| RunningView {
+            running: self.attempts.get(t.running).map(|r| RunningView {
                 attempt: t.attempt,
                 assigned_at: r.assigned_at,
                 started_at: r.started_at,
@@ -835,7 +960,7 @@ impl Core {
     fn fire_deadline(&mut self, (at, id): (Millis, TaskId)) {
         let t = &self.tasks[idx(id)];
         let attempt = t.attempt;
-        match t.running.as_ref().map(|r| r.interrupt) {
+        match self.attempts.get(t.running).map(|r| r.interrupt) {
             Some(None) => {
                 self.emit(EventKind::InterruptRequested {
                     id,
@@ -873,7 +998,9 @@ impl Core {
     /// Ends the current attempt of a running task and decides what becomes of the task.
     fn end_attempt(&mut self, id: TaskId, outcome: AttemptOutcome) {
         let t = &self.tasks[idx(id)];
-        let Some(running) = &t.running else { return };
+        let Some(running) = self.attempts.get(t.running) else {
+            return;
+        };
         let attempt = t.attempt;
         let ran_ms = self.now.saturating_sub(running.assigned_at);
         let effect = attempt_effect(&outcome, running.interrupt.map(|(r, _)| r), t.on_timeout);
@@ -934,8 +1061,9 @@ impl Core {
                         },
                     );
                 } else if failures <= t.max_retries {
+                    let backoff = self.backoffs.get(t.backoff);
                     let delay =
-                        retry_after.unwrap_or_else(|| self.backoff_delay(id, failures, &t.backoff));
+                        retry_after.unwrap_or_else(|| self.backoff_delay(id, failures, &backoff));
                     let due = self.now.saturating_add(delay);
                     self.emit(EventKind::RetryScheduled { id, due });
                 } else {
@@ -984,7 +1112,7 @@ impl Core {
         }
         let succeeded = matches!(terminal, EventKind::Succeeded { .. });
         self.emit(terminal);
-        let dependents = self.tasks[idx(id)].dependents.clone();
+        let dependents: Vec<TaskId> = self.tasks[idx(id)].dependents().to_vec();
         if succeeded {
             for d in dependents {
                 if self.tasks[idx(d)].state == TaskState::Waiting {
@@ -1286,7 +1414,7 @@ impl Core {
                 self.dequeue(*id);
                 let t = &mut self.tasks[idx(*id)];
                 t.attempt = *attempt;
-                t.running = Some(RunningAttempt {
+                t.running = self.attempts.insert(RunningAttempt {
                     assigned_at: at,
                     started_at: None,
                     deadline,
@@ -1310,9 +1438,10 @@ impl Core {
             EventKind::Started { id, attempt } => {
                 let t = self.task_mut(*id, &[TaskState::Running])?;
                 check_attempt(*id, t.attempt, *attempt)?;
-                let r = t
-                    .running
-                    .as_mut()
+                let slot = t.running;
+                let r = self
+                    .attempts
+                    .get_mut(slot)
                     .ok_or_else(|| format!("task {id}: not running"))?;
                 r.started_at = Some(at);
             }
@@ -1327,9 +1456,10 @@ impl Core {
                 if *reason == InterruptReason::Cancel {
                     t.cancel_requested = true;
                 }
-                let r = t
-                    .running
-                    .as_mut()
+                let slot = t.running;
+                let r = self
+                    .attempts
+                    .get_mut(slot)
                     .ok_or_else(|| format!("task {id}: not running"))?;
                 if r.interrupt.is_none() {
                     let old = r.deadline;
@@ -1345,11 +1475,11 @@ impl Core {
                 ran_ms,
             } => {
                 let grace = self.config.interrupt_grace_ms;
-                let t = self.task_mut(*id, &[TaskState::Running])?;
+                let t = task_in(&mut self.tasks, *id, &[TaskState::Running])?;
                 check_attempt(*id, t.attempt, *attempt)?;
-                let r = t
-                    .running
-                    .take()
+                let r = self
+                    .attempts
+                    .take(&mut t.running)
                     .ok_or_else(|| format!("task {id}: not running"))?;
                 let timer = match r.interrupt {
                     Some((_, since)) => since.saturating_add(grace),
@@ -1437,7 +1567,7 @@ impl Core {
                 }
                 _ => {
                     deps_pending += 1;
-                    dep.dependents.push(id);
+                    dep.dependents.get_or_insert_with(Box::default).push(id);
                 }
             }
         }
@@ -1446,6 +1576,10 @@ impl Core {
         let lane = self.intern_lane(pool, group);
         let kind = self.intern_kind(&spec.kind);
         let ageing = self.policy.ageing_for(spec.ageing);
+        let ageing = self.ageings.number(ageing, ageing.class_key());
+        let backoff = self
+            .backoffs
+            .number(spec.backoff, backoff_key(&spec.backoff));
         let base_score = self.policy.base_score(spec.priority);
         let dep_group: Option<Arc<str>> = spec.dependency_group.as_deref().map(Arc::from);
         if let Some(g) = &dep_group {
@@ -1493,18 +1627,18 @@ impl Core {
             deps: deps.into_boxed_slice(),
             deps_pending,
             failed_dependency,
-            dependents: Vec::new(),
+            dependents: None,
             max_runtime_ms: spec.max_runtime_ms,
             on_timeout: spec.on_timeout,
             max_retries: spec.max_retries,
-            backoff: spec.backoff,
+            backoff,
             extra,
             payload: if spec.payload.is_empty() {
                 self.empty_payload.clone()
             } else {
                 Arc::from(spec.payload.as_slice())
             },
-            running: None,
+            running: AttemptSlot::NONE,
             retry_due: None,
             cancel_requested: false,
         });
@@ -1563,8 +1697,8 @@ impl Core {
                 }
             }
         }
-        let dependents = std::mem::take(&mut self.tasks[idx(id)].dependents);
-        for &d in &dependents {
+        let dependents = self.tasks[idx(id)].dependents.take();
+        for &d in dependents.iter().flat_map(|d| d.iter()) {
             let dep = &mut self.tasks[idx(d)];
             if state == TaskState::Succeeded {
                 dep.deps_pending = dep.deps_pending.saturating_sub(1);
@@ -1586,16 +1720,7 @@ impl Core {
     }
 
     fn task_mut(&mut self, id: TaskId, allowed: &[TaskState]) -> Result<&mut Task, String> {
-        let t = idx_checked(id)
-            .and_then(|i| self.tasks.get_mut(i))
-            .ok_or_else(|| format!("task {id} does not exist"))?;
-        if !allowed.contains(&t.state) {
-            return Err(format!(
-                "task {id} is {}, expected one of {allowed:?}",
-                t.state
-            ));
-        }
-        Ok(t)
+        task_in(&mut self.tasks, id, allowed)
     }
 
     /// Moves a task's state, keeping counts and group activity in step.
@@ -1705,7 +1830,8 @@ impl Core {
 
     fn enqueue(&mut self, id: TaskId) {
         let t = &self.tasks[idx(id)];
-        let (lane, ageing, priority, score) = (t.lane, t.ageing, t.priority, t.base_score);
+        let (lane, priority, score) = (t.lane, t.priority, t.base_score);
+        let ageing = self.ageings.get(t.ageing);
         let ready = t.ready_since.unwrap_or(self.now);
         let was = self.lanes[lane as usize].contends();
         self.lanes[lane as usize].insert(ageing, priority, score, ready, id);
@@ -1718,7 +1844,8 @@ impl Core {
 
     fn dequeue(&mut self, id: TaskId) {
         let t = &self.tasks[idx(id)];
-        let (lane, ageing, priority) = (t.lane, t.ageing, t.priority);
+        let (lane, priority) = (t.lane, t.priority);
+        let ageing = self.ageings.get(t.ageing);
         let ready = t.ready_since.unwrap_or(self.now);
         let was = self.lanes[lane as usize].contends();
         if self.lanes[lane as usize].remove(ageing, priority, ready, id) {
@@ -1889,12 +2016,14 @@ impl Core {
         l
     }
 
-    fn intern_kind(&mut self, kind: &str) -> Arc<str> {
-        if let Some((k, _)) = self.kinds.get_key_value(kind) {
-            return k.clone();
+    fn intern_kind(&mut self, kind: &str) -> u32 {
+        if let Some(&k) = self.kind_numbers.get(kind) {
+            return k;
         }
-        let k: Arc<str> = Arc::from(kind);
-        self.kinds.insert(k.clone(), ());
+        let name: Arc<str> = Arc::from(kind);
+        let k = self.kinds.len() as u32;
+        self.kinds.push(name.clone());
+        self.kind_numbers.insert(name, k);
         k
     }
 
@@ -1913,6 +2042,25 @@ impl Core {
     pub(crate) fn choose_lane_for_explain(&self, p: PoolIdx) -> Option<LaneIdx> {
         self.choose_lane(p)
     }
+}
+
+/// Task `id` of `tasks`, if it is in one of the `allowed` states. Borrows only the task
+/// table, so that the caller can still reach the rest of the core.
+fn task_in<'a>(
+    tasks: &'a mut [Task],
+    id: TaskId,
+    allowed: &[TaskState],
+) -> Result<&'a mut Task, String> {
+    let t = idx_checked(id)
+        .and_then(|i| tasks.get_mut(i))
+        .ok_or_else(|| format!("task {id} does not exist"))?;
+    if !allowed.contains(&t.state) {
+        return Err(format!(
+            "task {id} is {}, expected one of {allowed:?}",
+            t.state
+        ));
+    }
+    Ok(t)
 }
 
 fn check_attempt(id: TaskId, current: u32, reported: u32) -> Result<(), String> {
