@@ -882,9 +882,16 @@ impl Core {
 
     /// Whether `pool` has a queued task that a free slot could take now.
     pub fn has_eligible_work(&self, pool: &str) -> bool {
-        let Some(&p) = self.pool_ids.get(pool) else {
+        self.pool_id(pool)
+            .is_some_and(|p| self.has_eligible_work_in(p))
+    }
+
+    /// [`Core::has_eligible_work`] for a pool already resolved with [`Core::pool_id`].
+    pub fn has_eligible_work_in(&self, pool: PoolId) -> bool {
+        let p = pool.0;
+        if self.pools.get(p as usize).is_none() {
             return false;
-        };
+        }
         let eligible = |lane: &Lane| {
             let group = &self.groups[lane.group as usize];
             lane.pool == p && lane.queued > 0 && group.running < group.config.cap

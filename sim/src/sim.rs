@@ -1012,8 +1012,11 @@ impl<'s> Sim<'s> {
             );
         }
         for p in 0..self.pools.len() {
-            let name = &self.pools[p].name;
-            if self.core.free_slots(name) > 0 && self.core.has_eligible_work(name) {
+            let Some(pool) = self.core_pool(p) else {
+                continue;
+            };
+            if self.core.free_slots_in(pool) > 0 && self.core.has_eligible_work_in(pool) {
+                let name = &self.pools[p].name;
                 let message =
                     format!("pool {name} has a free slot and eligible work after dispatch");
                 self.violation(5, None, message);
