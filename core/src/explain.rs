@@ -196,13 +196,13 @@ impl Core {
                 }
             }
             TaskState::Retrying => reasons.push(Reason::RetryBackoff {
-                due: t.retry_due.unwrap_or_default(),
+                due: t.retry_due.unwrap_or(0),
                 failures: t.failures,
                 max_retries: t.max_retries,
             }),
             TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled => {
                 reasons.push(Reason::Finished {
-                    at: t.finished_at,
+                    at: t.finished_at.get(),
                     reason: t.reason().map(|r| r.to_string()),
                 })
             }

@@ -48,7 +48,7 @@ impl Core {
             let in_queue = self.lanes[t.lane as usize]
                 .buckets
                 .iter()
-                .any(|b| t.ready_since.is_some_and(|r| b.contains((r, id))));
+                .any(|b| t.ready_since.get().is_some_and(|r| b.contains((r, id))));
             if (t.state == TaskState::Queued) != in_queue {
                 v(
                     1,
@@ -70,7 +70,10 @@ impl Core {
                     ),
                 );
             }
-            let retry_timer = t.retry_due.is_some_and(|d| self.retries.contains(&(d, id)));
+            let retry_timer = t
+                .retry_due
+                .get()
+                .is_some_and(|d| self.retries.contains(&(d, id)));
             if (t.state == TaskState::Retrying) != retry_timer {
                 v(
                     1,

@@ -160,12 +160,12 @@ pub(crate) struct Task {
     pub failures: u32,
     pub continues: u32,
     pub submitted_at: Millis,
-    pub ready_since: Option<Millis>,
-    pub finished_at: Option<Millis>,
+    pub ready_since: Maybe,
+    pub finished_at: Maybe,
     pub deps: Box<[TaskId]>,
     pub deps_pending: u32,
     /// A dependency that failed or was cancelled: this task is doomed.
-    pub failed_dependency: Option<TaskId>,
+    pub failed_dependency: Maybe,
     /// Tasks waiting for this one. Boxed, as most tasks have none: 8 bytes per task here
     /// instead of 24, for a second allocation in the few tasks that have dependents.
     #[allow(clippy::box_collection)]
@@ -180,8 +180,67 @@ pub(crate) struct Task {
     pub payload: Arc<[u8]>,
     /// The current attempt, while one runs (in [`Core::attempts`]).
     pub running: AttemptSlot,
-    pub retry_due: Option<Millis>,
+    pub retry_due: Maybe,
     pub cancel_requested: bool,
+}
+
+/// The core's clock stops here, one short of `Millis::MAX`, so that [`Maybe`] can use that
+/// value for "none". A driver's `now` beyond it is taken as this.
+pub(crate) const END_OF_TIME: Millis = Millis::MAX - 1;
+
+/// An `Option<u64>` in 8 bytes instead of 16, for the times and ids every task carries:
+/// `u64::MAX` stands for none. Times never reach it (see [`END_OF_TIME`]) and task ids count
+/// up from 1.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Maybe(u64);
+
+impl Maybe {
+    pub const NONE: Maybe = Maybe(u64::MAX);
+
+    pub fn some(value: u64) -> Maybe {
+        debug_assert!(value != u64::MAX, "Maybe cannot hold u64::MAX");
+        Maybe(value)
+    }
+
+    pub fn get(self) -> Option<u64> {
+        (self != Maybe::NONE).then_some(self.0)
+    }
+
+    pub fn is_some(self) -> bool {
+        self != Maybe::NONE
+    }
+
+    pub fn is_none(self) -> bool {
+        self == Maybe::NONE
+    }
+
+    pub fn take(&mut self) -> Option<u64> {
+        std::mem::replace(self, Maybe::NONE).get()
+    }
+
+    /// Sets the value unless one is set already.
+    pub fn get_or_insert(&mut self, value: u64) {
+        if self.is_none() {
+            *self = Maybe::some(value);
+        }
+    }
+
+    pub fn unwrap_or(self, default: u64) -> u64 {
+        self.get().unwrap_or(default)
+    }
+}
+
+// As the `Option` it stands for, so that digests do not depend on the packing.
+impl std::hash::Hash for Maybe {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.get().hash(state)
+    }
+}
+
+impl std::fmt::Debug for Maybe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -764,13 +823,13 @@ impl Core {
 
     /// When the task first became `queued`, without building a whole [`TaskView`].
     pub fn ready_since(&self, id: TaskId) -> Option<Millis> {
-        self.tasks.get(idx_checked(id)?)?.ready_since
+        self.tasks.get(idx_checked(id)?)?.ready_since.get()
     }
 
     /// The task's aged score under the policy at `now`, while it is queued.
     pub fn effective_priority(&self, id: TaskId, now: Millis) -> Option<f64> {
         let t = self.tasks.get(idx_checked(id)?)?;
-        let wait = now.saturating_sub(t.ready_since?);
+        let wait = now.saturating_sub(t.ready_since.get()?);
         Some(t.base_score + self.ageings.get(t.ageing).boost(wait))
     }
 
@@ -789,8 +848,8 @@ impl Core {
             max_retries: t.max_retries,
             max_runtime_ms: t.max_runtime_ms,
             submitted_at: t.submitted_at,
-            ready_since: t.ready_since,
-            finished_at: t.finished_at,
+            ready_since: t.ready_since.get(),
+            finished_at: t.finished_at.get(),
             depends_on: t.deps.to_vec(),
             dependency_group: t.dep_group().map(|g| g.to_string()),
             rank: t.rank(),
@@ -802,7 +861,7 @@ impl Core {
                 deadline: r.deadline,
                 interrupt: r.interrupt.map(|(reason, _)| reason),
             }),
-            retry_due: t.retry_due,
+            retry_due: t.retry_due.get(),
             reason: t.reason().map(|r| r.to_string()),
             parent: t.parent(),
         })
@@ -932,7 +991,7 @@ impl Core {
     /// Fires every timer due by `now` in time order, each at its own time (as if the driver
     /// had ticked exactly then), so that journal times are exact and never go backwards.
     fn advance(&mut self, now: Millis) {
-        let now = now.max(self.now);
+        let now = now.max(self.now).min(END_OF_TIME);
         loop {
             let deadline = self.deadlines.first().copied().filter(|(t, _)| *t <= now);
             let retry = self.retries.first().copied().filter(|(t, _)| *t <= now);
@@ -1071,7 +1130,7 @@ impl Core {
                     let backoff = self.backoffs.get(t.backoff);
                     let delay =
                         retry_after.unwrap_or_else(|| self.backoff_delay(id, failures, &backoff));
-                    let due = self.now.saturating_add(delay);
+                    let due = self.now.saturating_add(delay).min(END_OF_TIME);
                     self.emit(EventKind::RetryScheduled { id, due });
                 } else {
                     let reason = format!(
@@ -1201,7 +1260,7 @@ impl Core {
         if t.state != TaskState::Waiting {
             return;
         }
-        if let Some(dep) = t.failed_dependency {
+        if let Some(dep) = t.failed_dependency.get() {
             let state = self.tasks[idx(dep)].state;
             self.finish_task(
                 id,
@@ -1365,6 +1424,9 @@ impl Core {
     // ----------------------------------------------------------------------------------
 
     fn apply(&mut self, event: &Event) -> Result<(), String> {
+        if event.at > END_OF_TIME {
+            return Err(format!("event time {} is past the core's clock", event.at));
+        }
         if event.at > self.now {
             self.now = event.at;
         }
@@ -1508,7 +1570,12 @@ impl Core {
                 if t.running.is_some() {
                     return Err(format!("task {id}: retry scheduled while its attempt runs"));
                 }
-                t.retry_due = Some(*due);
+                if *due > END_OF_TIME {
+                    return Err(format!(
+                        "task {id}: retry due at {due}, past the core's clock"
+                    ));
+                }
+                t.retry_due = Maybe::some(*due);
                 self.retries.insert((*due, *id));
                 self.set_state(*id, TaskState::Retrying);
             }
@@ -1564,7 +1631,7 @@ impl Core {
         deps.sort_unstable();
         deps.dedup();
         let mut deps_pending = 0;
-        let mut failed_dependency = None;
+        let mut failed_dependency = Maybe::NONE;
         for &d in &deps {
             let dep = &mut self.tasks[idx(d)];
             match dep.state {
@@ -1629,8 +1696,8 @@ impl Core {
             failures: 0,
             continues: 0,
             submitted_at: at,
-            ready_since: None,
-            finished_at: None,
+            ready_since: Maybe::NONE,
+            finished_at: Maybe::NONE,
             deps: deps.into_boxed_slice(),
             deps_pending,
             failed_dependency,
@@ -1646,7 +1713,7 @@ impl Core {
                 Arc::from(spec.payload.as_slice())
             },
             running: AttemptSlot::NONE,
-            retry_due: None,
+            retry_due: Maybe::NONE,
             cancel_requested: false,
         });
         self.counts.waiting += 1;
@@ -1673,7 +1740,7 @@ impl Core {
             return Err(format!("task {id}: ended while its attempt runs"));
         }
         let previous = t.state;
-        t.finished_at = Some(at);
+        t.finished_at = Maybe::some(at);
         if let Some(reason) = reason {
             t.extra.get_or_insert_with(Box::default).reason = Some(reason.as_str().into());
         }

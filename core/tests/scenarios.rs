@@ -369,6 +369,39 @@ fn transient_failures_retry_with_backoff_until_max_retries() {
 }
 
 #[test]
+fn a_retry_asked_for_at_the_end_of_time_waits_there_and_replays() {
+    // A handler may ask for any delay; the core's clock and timers stop one short of
+    // u64::MAX, and the task keeps its retry timer.
+    let mut core = core_with_slots(1);
+    let id = submit(&mut core, 0, TaskSpec::new("patient").max_retries(1));
+    let a = core.next_assignment(0, DEFAULT_POOL).expect("queued");
+    core.report(
+        5,
+        id,
+        a.attempt,
+        Report::Finished(AttemptOutcome::RetryAfter { delay_ms: u64::MAX }),
+    )
+    .expect("current attempt");
+    let due = core.task(id).unwrap().retry_due.expect("a retry timer");
+    assert_eq!(due, u64::MAX - 1);
+    assert_eq!(core.state_of(id), Some(TaskState::Retrying));
+    assert_clean(&core);
+    core.tick(u64::MAX);
+    assert_eq!(core.now(), u64::MAX - 1);
+    assert_eq!(core.state_of(id), Some(TaskState::Queued));
+    let a = core
+        .next_assignment(u64::MAX, DEFAULT_POOL)
+        .expect("requeued");
+    succeed(&mut core, u64::MAX, &a);
+    let t = core.task(id).unwrap();
+    assert_eq!(t.finished_at, Some(u64::MAX - 1));
+    assert_clean(&core);
+    let journal = core.drain_journal();
+    let replayed = Core::replay(core.config().clone(), &journal).unwrap();
+    assert_eq!(replayed.digest(), core.digest());
+}
+
+#[test]
 fn jitter_is_seeded_and_bounded() {
     let delays = |seed: u64| {
         let mut core = Core::new(CoreConfig {
