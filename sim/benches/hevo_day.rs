@@ -30,6 +30,7 @@ fn main() {
             Options {
                 seed,
                 hash_on_thread: true,
+                arrivals_on_thread: true,
                 ..Options::default()
             },
         );

@@ -5,6 +5,7 @@
 //! ([`sim`]), metrics ([`metrics`]), outputs and plots ([`output`]), parameter sweeps
 //! ([`sweep`]) and the fuzzer ([`check`]). See `sim/README.md`.
 
+pub mod arrivals;
 pub mod check;
 pub mod fasthash;
 pub mod metrics;

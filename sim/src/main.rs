@@ -161,6 +161,7 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
                     seed,
                     policy,
                     hash_on_thread: true,
+                    arrivals_on_thread: true,
                     ..Options::default()
                 },
             );

@@ -22,9 +22,10 @@ use handyman_core::{
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::arrivals::{Action, Arrival, Arrivals, Planned, Setup};
 use crate::fasthash::{journal_hash, FxMap, JournalHasher};
 use crate::scenario::{Faults, Scenario};
-use crate::workload::{self, Kind, SizeClass, Source};
+use crate::workload::{self, Kind, SizeClass};
 
 /// How one run is done.
 #[derive(Clone, Debug, Default)]
@@ -44,6 +45,9 @@ pub struct Options {
     /// machine's other core; sweeps and checks, which fill every core already, leave it off.
     /// The hash is the same either way: the thread takes the events in journal order.
     pub hash_on_thread: bool,
+    /// Draw the workload's arrivals on a second thread, ahead of the simulation (see
+    /// `arrivals`). Like `hash_on_thread`, for lone runs; the draws are the same either way.
+    pub arrivals_on_thread: bool,
     pub injected_bug: Option<InjectedBug>,
 }
 
@@ -149,8 +153,9 @@ enum What {
 }
 
 enum Ev {
-    Source(u32),
-    Burst(u32),
+    /// An arrival of the workload; a duplicate carries its spec (none if its batch was
+    /// refused, when the arrival is only taken off the stream).
+    Arrival(Arrival, Option<Box<TaskSpec>>),
     Deliver {
         id: TaskId,
         attempt: u32,
@@ -158,7 +163,6 @@ enum Ev {
         epoch: u32,
     },
     Cancel(TaskId),
-    Duplicate(Box<TaskSpec>),
     HostCrash,
     SlowStart(u16),
     SlowEnd(u16),
@@ -223,14 +227,14 @@ pub struct Sim<'s> {
     config: CoreConfig,
     core: Core,
     kinds: Vec<Kind>,
-    kind_ids_by_workload: Vec<Vec<usize>>,
-    binlog_by_workload: Vec<Option<usize>>,
-    sources: Vec<Source>,
+    /// The workload's arrivals, drawn apart (see `arrivals`).
+    arrivals: Arrivals,
+    /// Taken by `setup`.
+    arrival_setup: Option<Setup>,
     heap: BinaryHeap<Queued>,
     next_seq: u64,
     real_events: u64,
     now: Millis,
-    rng_work: ChaCha8Rng,
     rng_fault: ChaCha8Rng,
     faults: Faults,
     report_faults: bool,
@@ -300,30 +304,10 @@ impl<'s> Sim<'s> {
             injected_bug: opts.injected_bug,
             ..CoreConfig::default()
         };
-        let mut rng_work = ChaCha8Rng::seed_from_u64(opts.seed);
-        rng_work.set_stream(1);
         let mut rng_fault = ChaCha8Rng::seed_from_u64(opts.seed);
         rng_fault.set_stream(2);
         let kinds: Vec<Kind> = scenario.kinds.iter().cloned().map(Kind::new).collect();
-        let kind_ids_by_workload = scenario
-            .workload
-            .iter()
-            .map(|w| {
-                w.kinds
-                    .iter()
-                    .filter_map(|k| scenario.kind_index(k))
-                    .collect()
-            })
-            .collect();
-        let binlog_by_workload = scenario
-            .workload
-            .iter()
-            .map(|w| {
-                w.binlog_kind
-                    .as_deref()
-                    .and_then(|k| scenario.kind_index(k))
-            })
-            .collect();
+        let (arrivals, arrival_setup) = Arrivals::new(scenario, opts.seed, opts.arrivals_on_thread);
         let report_faults = faults.report_loss_p > 0.0
             || faults.report_dup_p > 0.0
             || faults.report_delay_max_ms > 0
@@ -340,14 +324,12 @@ impl<'s> Sim<'s> {
             core: Core::new(config.clone()),
             config,
             kinds,
-            kind_ids_by_workload,
-            binlog_by_workload,
-            sources: Vec::new(),
+            arrivals,
+            arrival_setup: Some(arrival_setup),
             heap: BinaryHeap::new(),
             next_seq: 0,
             real_events: 0,
             now: 0,
-            rng_work,
             rng_fault,
             report_faults,
             faults,
@@ -482,8 +464,10 @@ impl<'s> Sim<'s> {
             };
             self.core.configure_group(0, &g.name, cfg);
         }
-        let (sources, groups) = workload::build_sources(s, &mut self.rng_work);
-        for (name, cfg, size) in groups {
+        let Some(arrival_setup) = self.arrival_setup.take() else {
+            return;
+        };
+        for (name, cfg, size) in arrival_setup.groups {
             if let Some(cfg) = cfg {
                 self.core.configure_group(0, &name, cfg);
             }
@@ -491,35 +475,12 @@ impl<'s> Sim<'s> {
             self.groups[g as usize].size = size;
         }
         self.drain();
-        for (i, src) in sources.iter().enumerate() {
-            match src {
-                Source::Pipeline(p) => {
-                    if p.first_ms < p.end_ms {
-                        self.push(p.first_ms, Ev::Source(i as u32));
-                    }
-                }
-                Source::Poisson {
-                    workload,
-                    per_ms,
-                    end_ms,
-                } => {
-                    let start = s.workload[*workload].start_ms;
-                    let at = start + workload::exp_gap(&mut self.rng_work, *per_ms);
-                    if at < *end_ms {
-                        self.push(at, Ev::Source(i as u32));
-                    }
-                }
-                Source::Burst { workload } => {
-                    for at in &s.workload[*workload].at_ms {
-                        self.push(*at, Ev::Burst(i as u32));
-                    }
-                }
-            }
+        for (at, arrival) in arrival_setup.first {
+            self.push(at, Ev::Arrival(arrival, None));
         }
-        let expected = workload::expected_tasks(s, &sources);
+        let expected = arrival_setup.expected_tasks;
         self.tasks.reserve(expected.min(50_000_000) as usize);
         self.core.reserve_tasks(expected.min(50_000_000) as usize);
-        self.sources = sources;
         let f = self.faults.clone();
         if f.host_crash_every_ms > 0 {
             let at = self.exp_fault(f.host_crash_every_ms);
@@ -547,16 +508,19 @@ impl<'s> Sim<'s> {
     fn handle(&mut self, ev: Ev) {
         let now = self.now;
         match ev {
-            Ev::Source(i) => self.arrive(i as usize),
-            Ev::Burst(i) => {
-                let Source::Burst { workload } = self.sources[i as usize] else {
-                    return;
-                };
-                let w = &self.scenario.workload[workload];
-                let count = ((f64::from(w.count) * self.scenario.scale).round() as u32).max(1);
-                let group = w.group.clone().unwrap_or_else(|| "default".into());
-                self.submit(workload, &group, count);
-            }
+            Ev::Arrival(arrival, duplicate) => match self.arrivals.take_next() {
+                Some(Action::Submit(planned)) => self.submit(arrival, planned),
+                Some(Action::Duplicate { work }) => {
+                    if let Some(spec) = duplicate {
+                        self.submit_duplicate(*spec, work);
+                    }
+                }
+                None => self.violation(
+                    8,
+                    None,
+                    format!("arrival {arrival:?} at {now} ms has nothing drawn for it"),
+                ),
+            },
             Ev::Deliver {
                 id,
                 attempt,
@@ -578,34 +542,6 @@ impl<'s> Sim<'s> {
                             format!("cancel says task {id} is {s}, the journal says {mirror:?}"),
                         );
                     }
-                }
-            }
-            Ev::Duplicate(spec) => {
-                let work = self.kind_ids.get(spec.kind.as_str()).copied();
-                let work = work.map(|k| self.kinds[k as usize].sample_work(&mut self.rng_work));
-                match self.core.submit(now, *spec) {
-                    Ok(SubmitOutcome::Duplicate(id)) => {
-                        self.drain();
-                        self.duplicates += 1;
-                        let state = self.tasks.get(id as usize - 1).map(|t| t.state);
-                        if state.is_none_or(|s| s.is_terminal()) {
-                            self.violation(
-                                1,
-                                Some(id),
-                                format!(
-                                    "a duplicate submit returned task {id}, which is {state:?}"
-                                ),
-                            );
-                        }
-                    }
-                    Ok(SubmitOutcome::Created(id)) => {
-                        self.drain();
-                        self.accepted += 1;
-                        if let Some(t) = self.tasks.get_mut(id as usize - 1) {
-                            t.work_ms = work.unwrap_or(1);
-                        }
-                    }
-                    Err(e) => self.violation(1, None, format!("a duplicate submit failed: {e}")),
                 }
             }
             Ev::HostCrash => {
@@ -662,65 +598,14 @@ impl<'s> Sim<'s> {
         }
     }
 
-    fn arrive(&mut self, i: usize) {
-        let now = self.now;
-        match &self.sources[i] {
-            Source::Pipeline(p) => {
-                let (w, group, jobs, every, end) =
-                    (p.workload, p.group.clone(), p.jobs, p.every_ms, p.end_ms);
-                self.submit(w, &group, jobs);
-                if now + every < end {
-                    self.push(now + every, Ev::Source(i as u32));
-                }
-            }
-            Source::Poisson {
-                workload,
-                per_ms,
-                end_ms,
-            } => {
-                let (w, per_ms, end) = (*workload, *per_ms, *end_ms);
-                let group = self.scenario.workload[w]
-                    .group
-                    .clone()
-                    .unwrap_or_else(|| "default".into());
-                self.submit(w, &group, 1);
-                let at = now + workload::exp_gap(&mut self.rng_work, per_ms);
-                if at < end {
-                    self.push(at, Ev::Source(i as u32));
-                }
-            }
-            Source::Burst { .. } => {}
-        }
-    }
-
-    /// Submits one batch of `count` tasks of workload `w` for `group`.
-    fn submit(&mut self, wi: usize, group: &str, count: u32) {
-        let w = &self.scenario.workload[wi];
-        let (mut specs, kinds_of) = workload::batch(
-            w,
-            &self.kinds,
-            &self.kind_ids_by_workload[wi],
-            self.binlog_by_workload[wi],
-            group,
-            count,
-            &mut self.rng_work,
-        );
-        let works: Vec<Millis> = kinds_of
-            .iter()
-            .map(|k| self.kinds[*k].sample_work(&mut self.rng_work))
-            .collect();
-        let dup = w.duplicate_p > 0.0;
-        if dup {
-            for (j, s) in specs.iter_mut().enumerate() {
-                s.dedup_key = Some(format!("{group}/{}/{j}", self.now));
-            }
-        }
-        let keep: Vec<TaskSpec> = if dup || w.cancel_p > 0.0 {
-            specs.clone()
-        } else {
-            Vec::new()
-        };
-        let (dup_p, cancel_p, cancel_after) = (w.duplicate_p, w.cancel_p, w.cancel_after_ms);
+    /// Submits a batch drawn by `arrivals`, then queues what follows from it.
+    fn submit(&mut self, arrival: Arrival, planned: Planned) {
+        let Planned {
+            specs,
+            works,
+            follow_ups,
+            next,
+        } = planned;
         match self.core.submit_batch(self.now, specs) {
             Ok(outcomes) => {
                 self.drain();
@@ -729,31 +614,66 @@ impl<'s> Sim<'s> {
                         SubmitOutcome::Created(id) => {
                             self.accepted += 1;
                             if let Some(t) = self.tasks.get_mut(*id as usize - 1) {
-                                t.work_ms = works[j];
+                                t.work_ms = works.get(j).copied().unwrap_or(1);
                             }
                         }
                         SubmitOutcome::Duplicate(_) => self.duplicates += 1,
                     }
-                    if keep.is_empty() {
-                        continue;
-                    }
-                    if dup_p > 0.0 && self.rng_work.random::<f64>() < dup_p {
-                        let mut spec = keep[j].clone();
+                }
+                for (j, follow) in follow_ups.into_iter().enumerate() {
+                    if let Some((at, mut spec)) = follow.duplicate {
                         for d in &mut spec.depends_on {
                             if let DepRef::Batch(b) = *d {
-                                *d = DepRef::Task(outcomes[b].id());
+                                if let Some(o) = outcomes.get(b) {
+                                    *d = DepRef::Task(o.id());
+                                }
                             }
                         }
-                        let at = self.now + self.rng_work.random_range(0..60_000);
-                        self.push(at, Ev::Duplicate(Box::new(spec)));
+                        self.push(at, Ev::Arrival(Arrival::Duplicate, Some(Box::new(spec))));
                     }
-                    if cancel_p > 0.0 && self.rng_work.random::<f64>() < cancel_p {
-                        let at = self.now + self.rng_work.random_range(0..=cancel_after);
+                    if let (Some(at), Some(o)) = (follow.cancel, outcomes.get(j)) {
                         self.push(at, Ev::Cancel(o.id()));
                     }
                 }
             }
-            Err(e) => self.violation(1, None, format!("the workload's submit was refused: {e}")),
+            Err(e) => {
+                self.violation(1, None, format!("the workload's submit was refused: {e}"));
+                // The duplicates were drawn all the same: keep the stream in step.
+                for follow in follow_ups {
+                    if let Some((at, _)) = follow.duplicate {
+                        self.push(at, Ev::Arrival(Arrival::Duplicate, None));
+                    }
+                }
+            }
+        }
+        if let Some(at) = next {
+            self.push(at, Ev::Arrival(arrival, None));
+        }
+    }
+
+    fn submit_duplicate(&mut self, spec: TaskSpec, work: Option<Millis>) {
+        let now = self.now;
+        match self.core.submit(now, spec) {
+            Ok(SubmitOutcome::Duplicate(id)) => {
+                self.drain();
+                self.duplicates += 1;
+                let state = self.tasks.get(id as usize - 1).map(|t| t.state);
+                if state.is_none_or(|s| s.is_terminal()) {
+                    self.violation(
+                        1,
+                        Some(id),
+                        format!("a duplicate submit returned task {id}, which is {state:?}"),
+                    );
+                }
+            }
+            Ok(SubmitOutcome::Created(id)) => {
+                self.drain();
+                self.accepted += 1;
+                if let Some(t) = self.tasks.get_mut(id as usize - 1) {
+                    t.work_ms = work.unwrap_or(1);
+                }
+            }
+            Err(e) => self.violation(1, None, format!("a duplicate submit failed: {e}")),
         }
     }
 

@@ -43,13 +43,15 @@ fn a_small_hevo_day_is_deterministic_too() {
             ..Options::default()
         },
     );
-    // The second run hashes on its own thread, as `handyman-sim run` does.
+    // The second run hashes and draws arrivals on threads of their own, as `handyman-sim
+    // run` does.
     let b = run(
         &s,
         Options {
             seed: 3,
             keep_hashes: true,
             hash_on_thread: true,
+            arrivals_on_thread: true,
             ..Options::default()
         },
     );
@@ -57,4 +59,34 @@ fn a_small_hevo_day_is_deterministic_too() {
     assert_eq!(a.event_hashes.len() as u64, a.events);
     assert_eq!(a.event_hashes, b.event_hashes);
     assert_eq!(a.journal_hash, b.journal_hash);
+}
+
+#[test]
+fn arrivals_drawn_ahead_on_a_thread_give_the_inline_journal_with_every_fault_on() {
+    // Chaos has duplicate submits and cancellations, whose draws interleave with arrivals.
+    let s = scenario("chaos", "1");
+    let mut duplicates = 0;
+    for seed in [1, 7, 11] {
+        let inline = run(
+            &s,
+            Options {
+                seed,
+                keep_hashes: true,
+                ..Options::default()
+            },
+        );
+        let ahead = run(
+            &s,
+            Options {
+                seed,
+                keep_hashes: true,
+                arrivals_on_thread: true,
+                ..Options::default()
+            },
+        );
+        assert!(inline.accepted > 100, "seed {seed}");
+        assert_eq!(inline.event_hashes, ahead.event_hashes, "seed {seed}");
+        duplicates += inline.duplicates;
+    }
+    assert!(duplicates > 0, "no duplicate submit was exercised");
 }
