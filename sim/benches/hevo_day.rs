@@ -3,9 +3,15 @@
 //!
 //! `cargo bench -p handyman-sim --bench hevo_day` (set HEVO_SCALE=0.1 for a quick look).
 
-use handyman_sim::{metrics, run, Options, Scenario};
+use handyman_sim::{metrics, prefault, run, Options, Scenario};
+
+// The allocator of `handyman-sim` itself, so that the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: prefault::Prefaulting<mimalloc::MiMalloc> =
+    prefault::Prefaulting(mimalloc::MiMalloc);
 
 fn main() {
+    prefault::start();
     // `cargo test --benches` runs bench binaries with no arguments too; keep that quick.
     let quick = !std::env::args().any(|a| a == "--bench");
     let path = format!("{}/scenarios/hevo-day.toml", env!("CARGO_MANIFEST_DIR"));
