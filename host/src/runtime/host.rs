@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::ResourceLimiter;
+use wasmtime::component::{
+    ComponentExportIndex, HasSelf, Instance, InstancePre, Linker, ResourceTable, TypedFunc,
+};
+use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::attempt::{CancelReason, CancelToken, LogLevel, LogLine, LogSource};
@@ -19,6 +21,77 @@ wasmtime::component::bindgen!({
 });
 
 pub(crate) use handyman::task::types;
+
+/// A kind's component, pre-instantiated, with its `run` and `cleanup` exports found and
+/// type-checked once, when the kind is loaded. bindgen's `HandlerPre::instantiate` would look
+/// both exports up and type-check them again on every attempt (`get_typed_func`), a few
+/// percent of a small attempt.
+pub(crate) struct KindPre {
+    pre: InstancePre<AttemptState>,
+    run: ComponentExportIndex,
+    cleanup: ComponentExportIndex,
+}
+
+impl KindPre {
+    /// Fails when the component's `run` or `cleanup` is missing or has the wrong type.
+    pub fn new(pre: InstancePre<AttemptState>) -> wasmtime::Result<KindPre> {
+        // bindgen's check, against the very types `call_run` and `call_cleanup` name below.
+        HandlerPre::new(pre.clone())?;
+        let export = |name: &str| {
+            pre.component()
+                .get_export_index(None, name)
+                .ok_or_else(|| wasmtime::format_err!("no export `{name}` found"))
+        };
+        Ok(KindPre {
+            run: export("run")?,
+            cleanup: export("cleanup")?,
+            pre,
+        })
+    }
+
+    pub fn instantiate(&self, store: &mut Store<AttemptState>) -> wasmtime::Result<Instance> {
+        self.pre.instantiate(store)
+    }
+
+    pub fn call_run(
+        &self,
+        store: &mut Store<AttemptState>,
+        instance: &Instance,
+        task: &types::Task,
+    ) -> wasmtime::Result<Result<types::Outcome, types::Failure>> {
+        let func = instance
+            .get_func(&mut *store, self.run)
+            .ok_or_else(|| wasmtime::format_err!("export `run` is not a function"))?;
+        // SAFETY: `new` type-checked `run` against exactly these types (bindgen's
+        // `HandlerPre::new` uses the signature its own `call_run` calls with), and `instance`
+        // was made from `self.pre`, so it is the same component and the same export.
+        let run = unsafe {
+            TypedFunc::<(&types::Task,), (Result<types::Outcome, types::Failure>,)>::new_unchecked(
+                func,
+            )
+        };
+        let (result,) = run.call(store, (task,))?;
+        Ok(result)
+    }
+
+    pub fn call_cleanup(
+        &self,
+        store: &mut Store<AttemptState>,
+        instance: &Instance,
+        context: &[types::ContextEntry],
+        reason: types::CleanupReason,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let func = instance
+            .get_func(&mut *store, self.cleanup)
+            .ok_or_else(|| wasmtime::format_err!("export `cleanup` is not a function"))?;
+        // SAFETY: as in `call_run`.
+        let cleanup = unsafe {
+            TypedFunc::<(&[types::ContextEntry], types::CleanupReason), (Result<(), String>,)>::new_unchecked(func)
+        };
+        let (result,) = cleanup.call(store, (context, reason))?;
+        Ok(result)
+    }
+}
 
 /// The most bytes of log lines (guest log and stdio together) kept for one attempt.
 pub(crate) const LOG_CAPACITY: usize = 64 << 10;

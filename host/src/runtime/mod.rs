@@ -46,7 +46,7 @@ pub use attempt::{
 pub use config::{parse_size, DirGrant, EnvGrant, Grants, KindConfig};
 pub use error::{ConfigError, RuntimeError};
 
-use host::{AttemptState, HandlerPre, Identity, Interruption};
+use host::{AttemptState, Identity, Interruption, KindPre};
 
 /// How a [`Runtime`] is set up.
 #[derive(Debug, Clone)]
@@ -81,7 +81,7 @@ pub type LoadResults = Vec<(String, Result<(), RuntimeError>)>;
 struct Kind {
     name: Arc<str>,
     config: KindConfig,
-    pre: HandlerPre<AttemptState>,
+    pre: KindPre,
     /// Whether the component imports any WASI interface. Most Rust guests import none, and
     /// building a WASI context (random sources, clocks, grants) for each of their attempts
     /// would be wasted time.
@@ -219,11 +219,7 @@ impl Runtime {
 
     /// Type-checks `component` against the linker (its imports) and the handler world (its
     /// exports).
-    fn pre_instantiate(
-        &self,
-        kind: &str,
-        component: &Component,
-    ) -> Result<HandlerPre<AttemptState>, RuntimeError> {
+    fn pre_instantiate(&self, kind: &str, component: &Component) -> Result<KindPre, RuntimeError> {
         let wrong = |e: wasmtime::Error| RuntimeError::WrongWorld {
             kind: kind.to_owned(),
             message: format!("{e:#}"),
@@ -252,7 +248,7 @@ impl Runtime {
                 ),
             });
         }
-        HandlerPre::new(instance_pre).map_err(wrong)
+        KindPre::new(instance_pre).map_err(wrong)
     }
 
     /// The loaded kinds, sorted.
@@ -357,7 +353,7 @@ impl Runtime {
         };
         let outcome = match kind.pre.instantiate(&mut store) {
             Err(e) => classify_error(store.data(), e, true),
-            Ok(handler) => match handler.call_run(&mut store, &task) {
+            Ok(instance) => match kind.pre.call_run(&mut store, &instance, &task) {
                 Ok(Ok(host::types::Outcome::Done(output))) => AttemptOutcome::Done(output),
                 Ok(Ok(host::types::Outcome::ContinueLater)) => AttemptOutcome::ContinueLater,
                 Ok(Ok(host::types::Outcome::RetryAfter(ms))) => {
@@ -419,7 +415,10 @@ impl Runtime {
         };
         let result = match kind.pre.instantiate(&mut store) {
             Err(e) => Err(describe(&classify_error(store.data(), e, true))),
-            Ok(handler) => match handler.call_cleanup(&mut store, &entries, reason) {
+            Ok(instance) => match kind
+                .pre
+                .call_cleanup(&mut store, &instance, &entries, reason)
+            {
                 Ok(result) => result,
                 Err(e) => Err(describe(&classify_error(store.data(), e, false))),
             },
