@@ -142,8 +142,9 @@ pub(crate) struct AttemptState {
     /// `None` for a component that imports no WASI interface.
     wasi: Option<WasiCtx>,
     table: ResourceTable,
-    pub stdout: CapturedOutput,
-    pub stderr: CapturedOutput,
+    /// The WASI context's stdout and stderr; `None` with no WASI context, so that attempts of
+    /// the (common) components that import no WASI do not allocate and drain them.
+    stdio: Option<[CapturedOutput; 2]>,
 }
 
 impl AttemptState {
@@ -156,10 +157,12 @@ impl AttemptState {
         deadline: Instant,
         wasi: Option<wasmtime_wasi::WasiCtxBuilder>,
     ) -> AttemptState {
-        let stdout = CapturedOutput::new(STDIO_CAPACITY);
-        let stderr = CapturedOutput::new(STDIO_CAPACITY);
+        let mut stdio = None;
         let wasi = wasi.map(|mut wasi| {
+            let stdout = CapturedOutput::new(STDIO_CAPACITY);
+            let stderr = CapturedOutput::new(STDIO_CAPACITY);
             wasi.stdout(stdout.clone()).stderr(stderr.clone());
+            stdio = Some([stdout, stderr]);
             wasi.build()
         });
         AttemptState {
@@ -176,16 +179,18 @@ impl AttemptState {
             interrupted: None,
             wasi,
             table: ResourceTable::new(),
-            stdout,
-            stderr,
+            stdio,
         }
     }
 
     /// Moves what the guest wrote to stdout and stderr into the log, a line at a time.
     pub fn drain_stdio(&mut self) {
+        let Some([stdout, stderr]) = &self.stdio else {
+            return;
+        };
         for (capture, source, level) in [
-            (self.stdout.clone(), LogSource::Stdout, LogLevel::Info),
-            (self.stderr.clone(), LogSource::Stderr, LogLevel::Warn),
+            (stdout, LogSource::Stdout, LogLevel::Info),
+            (stderr, LogSource::Stderr, LogLevel::Warn),
         ] {
             let (bytes, dropped) = capture.take();
             let text = String::from_utf8_lossy(&bytes);
