@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::ResourceLimiter;
+use wasmtime::component::{
+    ComponentExportIndex, HasSelf, Instance, InstancePre, Linker, ResourceTable, TypedFunc,
+};
+use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::attempt::{CancelReason, CancelToken, LogLevel, LogLine, LogSource};
@@ -19,6 +21,77 @@ wasmtime::component::bindgen!({
 });
 
 pub(crate) use handyman::task::types;
+
+/// A kind's component, pre-instantiated, with its `run` and `cleanup` exports found and
+/// type-checked once, when the kind is loaded. bindgen's `HandlerPre::instantiate` would look
+/// both exports up and type-check them again on every attempt (`get_typed_func`), a few
+/// percent of a small attempt.
+pub(crate) struct KindPre {
+    pre: InstancePre<AttemptState>,
+    run: ComponentExportIndex,
+    cleanup: ComponentExportIndex,
+}
+
+impl KindPre {
+    /// Fails when the component's `run` or `cleanup` is missing or has the wrong type.
+    pub fn new(pre: InstancePre<AttemptState>) -> wasmtime::Result<KindPre> {
+        // bindgen's check, against the very types `call_run` and `call_cleanup` name below.
+        HandlerPre::new(pre.clone())?;
+        let export = |name: &str| {
+            pre.component()
+                .get_export_index(None, name)
+                .ok_or_else(|| wasmtime::format_err!("no export `{name}` found"))
+        };
+        Ok(KindPre {
+            run: export("run")?,
+            cleanup: export("cleanup")?,
+            pre,
+        })
+    }
+
+    pub fn instantiate(&self, store: &mut Store<AttemptState>) -> wasmtime::Result<Instance> {
+        self.pre.instantiate(store)
+    }
+
+    pub fn call_run(
+        &self,
+        store: &mut Store<AttemptState>,
+        instance: &Instance,
+        task: &types::Task,
+    ) -> wasmtime::Result<Result<types::Outcome, types::Failure>> {
+        let func = instance
+            .get_func(&mut *store, self.run)
+            .ok_or_else(|| wasmtime::format_err!("export `run` is not a function"))?;
+        // SAFETY: `new` type-checked `run` against exactly these types (bindgen's
+        // `HandlerPre::new` uses the signature its own `call_run` calls with), and `instance`
+        // was made from `self.pre`, so it is the same component and the same export.
+        let run = unsafe {
+            TypedFunc::<(&types::Task,), (Result<types::Outcome, types::Failure>,)>::new_unchecked(
+                func,
+            )
+        };
+        let (result,) = run.call(store, (task,))?;
+        Ok(result)
+    }
+
+    pub fn call_cleanup(
+        &self,
+        store: &mut Store<AttemptState>,
+        instance: &Instance,
+        context: &[types::ContextEntry],
+        reason: types::CleanupReason,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let func = instance
+            .get_func(&mut *store, self.cleanup)
+            .ok_or_else(|| wasmtime::format_err!("export `cleanup` is not a function"))?;
+        // SAFETY: as in `call_run`.
+        let cleanup = unsafe {
+            TypedFunc::<(&[types::ContextEntry], types::CleanupReason), (Result<(), String>,)>::new_unchecked(func)
+        };
+        let (result,) = cleanup.call(store, (context, reason))?;
+        Ok(result)
+    }
+}
 
 /// The most bytes of log lines (guest log and stdio together) kept for one attempt.
 pub(crate) const LOG_CAPACITY: usize = 64 << 10;
@@ -69,8 +142,9 @@ pub(crate) struct AttemptState {
     /// `None` for a component that imports no WASI interface.
     wasi: Option<WasiCtx>,
     table: ResourceTable,
-    pub stdout: CapturedOutput,
-    pub stderr: CapturedOutput,
+    /// The WASI context's stdout and stderr; `None` with no WASI context, so that attempts of
+    /// the (common) components that import no WASI do not allocate and drain them.
+    stdio: Option<[CapturedOutput; 2]>,
 }
 
 impl AttemptState {
@@ -83,10 +157,12 @@ impl AttemptState {
         deadline: Instant,
         wasi: Option<wasmtime_wasi::WasiCtxBuilder>,
     ) -> AttemptState {
-        let stdout = CapturedOutput::new(STDIO_CAPACITY);
-        let stderr = CapturedOutput::new(STDIO_CAPACITY);
+        let mut stdio = None;
         let wasi = wasi.map(|mut wasi| {
+            let stdout = CapturedOutput::new(STDIO_CAPACITY);
+            let stderr = CapturedOutput::new(STDIO_CAPACITY);
             wasi.stdout(stdout.clone()).stderr(stderr.clone());
+            stdio = Some([stdout, stderr]);
             wasi.build()
         });
         AttemptState {
@@ -103,16 +179,18 @@ impl AttemptState {
             interrupted: None,
             wasi,
             table: ResourceTable::new(),
-            stdout,
-            stderr,
+            stdio,
         }
     }
 
     /// Moves what the guest wrote to stdout and stderr into the log, a line at a time.
     pub fn drain_stdio(&mut self) {
+        let Some([stdout, stderr]) = &self.stdio else {
+            return;
+        };
         for (capture, source, level) in [
-            (self.stdout.clone(), LogSource::Stdout, LogLevel::Info),
-            (self.stderr.clone(), LogSource::Stderr, LogLevel::Warn),
+            (stdout, LogSource::Stdout, LogLevel::Info),
+            (stderr, LogSource::Stderr, LogLevel::Warn),
         ] {
             let (bytes, dropped) = capture.take();
             let text = String::from_utf8_lossy(&bytes);

@@ -30,11 +30,12 @@ mod engine;
 mod error;
 mod host;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use rustc_hash::FxHashMap;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
@@ -46,7 +47,7 @@ pub use attempt::{
 pub use config::{parse_size, DirGrant, EnvGrant, Grants, KindConfig};
 pub use error::{ConfigError, RuntimeError};
 
-use host::{AttemptState, HandlerPre, Identity, Interruption};
+use host::{AttemptState, Identity, Interruption, KindPre};
 
 /// How a [`Runtime`] is set up.
 #[derive(Debug, Clone)]
@@ -81,7 +82,7 @@ pub type LoadResults = Vec<(String, Result<(), RuntimeError>)>;
 struct Kind {
     name: Arc<str>,
     config: KindConfig,
-    pre: HandlerPre<AttemptState>,
+    pre: KindPre,
     /// Whether the component imports any WASI interface. Most Rust guests import none, and
     /// building a WASI context (random sources, clocks, grants) for each of their attempts
     /// would be wasted time.
@@ -93,8 +94,10 @@ struct Kind {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<AttemptState>,
-    kinds: RwLock<HashMap<String, Arc<Kind>>>,
-    running: Mutex<HashMap<u64, CancelToken>>,
+    // Both maps are looked up on every attempt, by keys the operator and the core choose (a
+    // kind name, a task id): Fx hashing, not SipHash, which showed up in attempt profiles.
+    kinds: RwLock<FxHashMap<String, Arc<Kind>>>,
+    running: Mutex<FxHashMap<u64, CancelToken>>,
     config: RuntimeConfig,
     _ticker: engine::Ticker,
 }
@@ -109,8 +112,8 @@ impl Runtime {
         Ok(Runtime {
             engine,
             linker,
-            kinds: RwLock::new(HashMap::new()),
-            running: Mutex::new(HashMap::new()),
+            kinds: RwLock::new(FxHashMap::default()),
+            running: Mutex::new(FxHashMap::default()),
             config,
             _ticker: ticker,
         })
@@ -219,11 +222,7 @@ impl Runtime {
 
     /// Type-checks `component` against the linker (its imports) and the handler world (its
     /// exports).
-    fn pre_instantiate(
-        &self,
-        kind: &str,
-        component: &Component,
-    ) -> Result<HandlerPre<AttemptState>, RuntimeError> {
+    fn pre_instantiate(&self, kind: &str, component: &Component) -> Result<KindPre, RuntimeError> {
         let wrong = |e: wasmtime::Error| RuntimeError::WrongWorld {
             kind: kind.to_owned(),
             message: format!("{e:#}"),
@@ -252,7 +251,7 @@ impl Runtime {
                 ),
             });
         }
-        HandlerPre::new(instance_pre).map_err(wrong)
+        KindPre::new(instance_pre).map_err(wrong)
     }
 
     /// The loaded kinds, sorted.
@@ -357,7 +356,7 @@ impl Runtime {
         };
         let outcome = match kind.pre.instantiate(&mut store) {
             Err(e) => classify_error(store.data(), e, true),
-            Ok(handler) => match handler.call_run(&mut store, &task) {
+            Ok(instance) => match kind.pre.call_run(&mut store, &instance, &task) {
                 Ok(Ok(host::types::Outcome::Done(output))) => AttemptOutcome::Done(output),
                 Ok(Ok(host::types::Outcome::ContinueLater)) => AttemptOutcome::ContinueLater,
                 Ok(Ok(host::types::Outcome::RetryAfter(ms))) => {
@@ -419,7 +418,10 @@ impl Runtime {
         };
         let result = match kind.pre.instantiate(&mut store) {
             Err(e) => Err(describe(&classify_error(store.data(), e, true))),
-            Ok(handler) => match handler.call_cleanup(&mut store, &entries, reason) {
+            Ok(instance) => match kind
+                .pre
+                .call_cleanup(&mut store, &instance, &entries, reason)
+            {
                 Ok(result) => result,
                 Err(e) => Err(describe(&classify_error(store.data(), e, false))),
             },
