@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use wasmtime::component::{
-    ComponentExportIndex, HasSelf, Instance, InstancePre, Linker, ResourceTable, TypedFunc,
+    ComponentExportIndex, HasSelf, Instance, InstancePre, Linker, ResourceTable,
 };
 use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -22,10 +22,10 @@ wasmtime::component::bindgen!({
 
 pub(crate) use handyman::task::types;
 
-/// A kind's component, pre-instantiated, with its `run` and `cleanup` exports found and
-/// type-checked once, when the kind is loaded. bindgen's `HandlerPre::instantiate` would look
-/// both exports up and type-check them again on every attempt (`get_typed_func`), a few
-/// percent of a small attempt.
+/// A kind's component, pre-instantiated, with its `run` and `cleanup` exports type-checked
+/// and found once, when the kind is loaded. bindgen's `HandlerPre::instantiate` would look
+/// both exports up by name on every attempt; here an attempt only types the one it calls, by
+/// index.
 pub(crate) struct KindPre {
     pre: InstancePre<AttemptState>,
     run: ComponentExportIndex,
@@ -59,17 +59,13 @@ impl KindPre {
         instance: &Instance,
         task: &types::Task,
     ) -> wasmtime::Result<Result<types::Outcome, types::Failure>> {
-        let func = instance
-            .get_func(&mut *store, self.run)
-            .ok_or_else(|| wasmtime::format_err!("export `run` is not a function"))?;
-        // SAFETY: `new` type-checked `run` against exactly these types (bindgen's
-        // `HandlerPre::new` uses the signature its own `call_run` calls with), and `instance`
-        // was made from `self.pre`, so it is the same component and the same export.
-        let run = unsafe {
-            TypedFunc::<(&types::Task,), (Result<types::Outcome, types::Failure>,)>::new_unchecked(
-                func,
-            )
-        };
+        // Typed once per attempt by index: no name lookup, and the check stays, so that a
+        // mismatch is an error rather than undefined behaviour.
+        let run = instance
+            .get_typed_func::<(&types::Task,), (Result<types::Outcome, types::Failure>,)>(
+                &mut *store,
+                self.run,
+            )?;
         let (result,) = run.call(store, (task,))?;
         Ok(result)
     }
@@ -81,13 +77,10 @@ impl KindPre {
         context: &[types::ContextEntry],
         reason: types::CleanupReason,
     ) -> wasmtime::Result<Result<(), String>> {
-        let func = instance
-            .get_func(&mut *store, self.cleanup)
-            .ok_or_else(|| wasmtime::format_err!("export `cleanup` is not a function"))?;
-        // SAFETY: as in `call_run`.
-        let cleanup = unsafe {
-            TypedFunc::<(&[types::ContextEntry], types::CleanupReason), (Result<(), String>,)>::new_unchecked(func)
-        };
+        let cleanup = instance.get_typed_func::<
+            (&[types::ContextEntry], types::CleanupReason),
+            (Result<(), String>,),
+        >(&mut *store, self.cleanup)?;
         let (result,) = cleanup.call(store, (context, reason))?;
         Ok(result)
     }
