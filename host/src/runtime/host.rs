@@ -35,7 +35,8 @@ pub(crate) struct KindPre {
 impl KindPre {
     /// Fails when the component's `run` or `cleanup` is missing or has the wrong type.
     pub fn new(pre: InstancePre<AttemptState>) -> wasmtime::Result<KindPre> {
-        // bindgen's check, against the very types `call_run` and `call_cleanup` name below.
+        // bindgen's check of the whole handler world, so that a wrong component is refused
+        // when its kind loads, not at its first attempt.
         HandlerPre::new(pre.clone())?;
         let export = |name: &str| {
             pre.component()
