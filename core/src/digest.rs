@@ -72,7 +72,7 @@ impl Core {
             dg.members.hash(&mut h);
             dg.ready.hash(&mut h);
         }
-        self.deadlines.hash(&mut h);
+        self.live_deadlines().hash(&mut h);
         self.retries.hash(&mut h);
         h.finish()
     }

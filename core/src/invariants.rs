@@ -38,6 +38,18 @@ impl Core {
             v(1, None, format!("internal: {e}"));
         }
         let mut counts = crate::types::StateCounts::default();
+        let deadline_entries: std::collections::BTreeSet<_> =
+            self.deadlines.iter().map(|e| e.0).collect();
+        // 9. the earliest deadline entry is live, since `next_wakeup` reads it as it is.
+        if let Some(&std::cmp::Reverse((at, id))) = self.deadlines.peek() {
+            if self.attempt_timer(id) != Some(at) {
+                v(
+                    9,
+                    Some(id),
+                    format!("the earliest deadline timer ({at}, task {id}) is stale"),
+                );
+            }
+        }
         let mut group_running = vec![0u32; self.groups.len()];
         let mut pool_running = vec![0u32; self.pools.len()];
         let mut lane_queued = vec![0u32; self.lanes.len()];
@@ -95,10 +107,10 @@ impl Core {
                 group_running[t.group as usize] += 1;
                 pool_running[t.pool as usize] += 1;
                 let timer = match r.interrupt {
-                    Some((_, since)) => since + self.config.interrupt_grace_ms,
+                    Some((_, since)) => since.saturating_add(self.config.interrupt_grace_ms),
                     None => r.deadline,
                 };
-                if !self.deadlines.contains(&(timer, id)) {
+                if !deadline_entries.contains(&(timer, id)) {
                     v(
                         9,
                         Some(id),

@@ -134,6 +134,10 @@ impl Attempts {
         }
     }
 
+    fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
     /// Empties `slot` and returns what it held.
     fn take(&mut self, slot: &mut AttemptSlot) -> Option<RunningAttempt> {
         let attempt = *self.get(*slot)?;
@@ -409,8 +413,12 @@ pub struct Core {
     pub(crate) dedup: HashMap<Box<str>, TaskId>,
     pub(crate) dep_groups: HashMap<Arc<str>, DepGroup>,
     /// Running attempts by the time the core acts on them: the deadline, or (once
-    /// interrupted) the end of the grace period.
-    pub(crate) deadlines: BTreeSet<(Millis, TaskId)>,
+    /// interrupted) the end of the grace period. An attempt that ends or is interrupted
+    /// leaves its entry behind rather than searching a tree for it (a search and a rebalance
+    /// per attempt cost more than the whole heap): an entry counts only while it equals its
+    /// task's [`Core::attempt_timer`], and stale entries are dropped as they reach the top,
+    /// so that the top is always live.
+    pub(crate) deadlines: BinaryHeap<Reverse<(Millis, TaskId)>>,
     pub(crate) retries: BTreeSet<(Millis, TaskId)>,
     /// When lanes' levels change, earliest first. A lane's timer moves on nearly every
     /// change to the lane, so a moved timer's old entry is left behind rather than searched
@@ -457,7 +465,7 @@ impl Core {
             kind_numbers: HashMap::default(),
             dedup: HashMap::default(),
             dep_groups: HashMap::default(),
-            deadlines: BTreeSet::new(),
+            deadlines: BinaryHeap::new(),
             retries: BTreeSet::new(),
             level_timers: BinaryHeap::new(),
             dirty_lanes: Vec::new(),
@@ -797,7 +805,7 @@ impl Core {
     /// an interrupt's grace period, or a retry's backoff. Ageing needs no wakeup: levels are
     /// brought up to date at each dispatch.
     pub fn next_wakeup(&self) -> Option<Millis> {
-        let deadline = self.deadlines.first().map(|(t, _)| *t);
+        let deadline = self.deadlines.peek().map(|Reverse((t, _))| *t);
         let retry = self.retries.first().map(|(t, _)| *t);
         match (deadline, retry) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -993,7 +1001,11 @@ impl Core {
     fn advance(&mut self, now: Millis) {
         let now = now.max(self.now).min(END_OF_TIME);
         loop {
-            let deadline = self.deadlines.first().copied().filter(|(t, _)| *t <= now);
+            let deadline = self
+                .deadlines
+                .peek()
+                .map(|e| e.0)
+                .filter(|(t, _)| *t <= now);
             let retry = self.retries.first().copied().filter(|(t, _)| *t <= now);
             let due = match (deadline, retry) {
                 (Some(d), Some(r)) => d.0.min(r.0),
@@ -1004,7 +1016,7 @@ impl Core {
             self.now = self.now.max(due);
             match (deadline, retry) {
                 (Some(d), Some(r)) if r.0 < d.0 => self.fire_retry(r.1),
-                (Some(d), _) => self.fire_deadline(d),
+                (Some(d), _) => self.fire_deadline(d.1),
                 (None, Some(r)) => self.fire_retry(r.1),
                 (None, None) => break,
             }
@@ -1023,7 +1035,45 @@ impl Core {
         }
     }
 
-    fn fire_deadline(&mut self, (at, id): (Millis, TaskId)) {
+    /// When the core acts on task `id`'s running attempt, if one runs: its deadline, or
+    /// (once interrupted) the end of the grace period.
+    pub(crate) fn attempt_timer(&self, id: TaskId) -> Option<Millis> {
+        let task = self.tasks.get(idx_checked(id)?)?;
+        let attempt = self.attempts.get(task.running)?;
+        Some(match attempt.interrupt {
+            Some((_, since)) => since.saturating_add(self.config.interrupt_grace_ms),
+            None => attempt.deadline,
+        })
+    }
+
+    fn push_deadline(&mut self, at: Millis, id: TaskId) {
+        self.deadlines.push(Reverse((at, id)));
+        if self.deadlines.len() > 2 * self.attempts.len() + 1024 {
+            let mut entries = std::mem::take(&mut self.deadlines).into_vec();
+            entries.retain(|&Reverse((at, id))| self.attempt_timer(id) == Some(at));
+            self.deadlines = BinaryHeap::from(entries);
+        }
+    }
+
+    fn drop_stale_deadlines_on_top(&mut self) {
+        while let Some(&Reverse((at, id))) = self.deadlines.peek() {
+            if self.attempt_timer(id) == Some(at) {
+                break;
+            }
+            self.deadlines.pop();
+        }
+    }
+
+    /// The deadline entries that count, in the order they fire.
+    pub(crate) fn live_deadlines(&self) -> BTreeSet<(Millis, TaskId)> {
+        self.deadlines
+            .iter()
+            .map(|e| e.0)
+            .filter(|&(at, id)| self.attempt_timer(id) == Some(at))
+            .collect()
+    }
+
+    fn fire_deadline(&mut self, id: TaskId) {
         let t = &self.tasks[idx(id)];
         let attempt = t.attempt;
         match self.attempts.get(t.running).map(|r| r.interrupt) {
@@ -1048,7 +1098,7 @@ impl Core {
             }
             None => {
                 // A timer with no running attempt behind it would fire forever.
-                self.deadlines.remove(&(at, id));
+                self.deadlines.pop();
                 self.internal_errors.push(format!(
                     "deadline timer for task {id} without a running attempt"
                 ));
@@ -1501,7 +1551,7 @@ impl Core {
                     pool.over_slots_assignment = true;
                 }
                 pool.running += 1;
-                self.deadlines.insert((deadline, *id));
+                self.push_deadline(deadline, *id);
                 self.refresh_group_lanes(g);
             }
             EventKind::Started { id, attempt } => {
@@ -1533,8 +1583,11 @@ impl Core {
                 if r.interrupt.is_none() {
                     let old = r.deadline;
                     r.interrupt = Some((*reason, at));
-                    self.deadlines.remove(&(old, *id));
-                    self.deadlines.insert((at.saturating_add(grace), *id));
+                    let timer = at.saturating_add(grace);
+                    if timer != old {
+                        self.push_deadline(timer, *id);
+                        self.drop_stale_deadlines_on_top();
+                    }
                 }
             }
             EventKind::AttemptEnded {
@@ -1543,24 +1596,19 @@ impl Core {
                 outcome,
                 ran_ms,
             } => {
-                let grace = self.config.interrupt_grace_ms;
                 let t = task_in(&mut self.tasks, *id, &[TaskState::Running])?;
                 check_attempt(*id, t.attempt, *attempt)?;
                 let r = self
                     .attempts
                     .take(&mut t.running)
                     .ok_or_else(|| format!("task {id}: not running"))?;
-                let timer = match r.interrupt {
-                    Some((_, since)) => since.saturating_add(grace),
-                    None => r.deadline,
-                };
                 match attempt_effect(outcome, r.interrupt.map(|(x, _)| x), t.on_timeout) {
                     AttemptEffect::Failure => t.failures += 1,
                     AttemptEffect::Continue => t.continues += 1,
                     AttemptEffect::Success | AttemptEffect::Cancelled => {}
                 }
                 let (lane, g, p) = (t.lane, t.group, t.pool);
-                self.deadlines.remove(&(timer, *id));
+                self.drop_stale_deadlines_on_top();
                 self.release_slot(lane, g, p);
                 self.charge(g, *ran_ms, at);
                 self.refresh_group_lanes(g);
