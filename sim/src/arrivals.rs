@@ -25,9 +25,9 @@ use crate::scenario::Scenario;
 use crate::workload::{self, GroupToConfigure, Kind, Source};
 
 /// Actions go over in batches: a hand-over that wakes the other thread costs microseconds.
-const BATCH: usize = 64;
+const BATCH: usize = 512;
 /// Batches drawn ahead of the simulation, at most.
-const AHEAD: usize = 8;
+const AHEAD: usize = 4;
 
 /// A placeholder the simulation queues for an arrival.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -1423,7 +1423,7 @@ impl<'s> Sim<'s> {
 
 /// Events travel to the hashing thread in batches this long: one hand-over per this many
 /// events keeps the channel's cost out of the per-event budget.
-const HASH_BATCH: usize = 4096;
+const HASH_BATCH: usize = 16384;
 
 /// The journal hash computed on a second thread (see [`Options::hash_on_thread`]). Full
 /// batches go one way and emptied ones come back, so a run allocates only a few batches.
