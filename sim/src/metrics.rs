@@ -8,6 +8,7 @@ use handyman_core::{Millis, TaskState};
 use serde::Serialize;
 
 use crate::sim::{GroupRec, RunOutput, TaskRec, ViolationRecord};
+use crate::workload::SizeClass;
 
 /// Bounded slowdown's floor on the run time (Feitelson's τ): 10 s.
 pub const SLOWDOWN_TAU_MS: Millis = 10_000;
@@ -54,6 +55,21 @@ impl Dist {
 pub struct Slowdown {
     pub mean: f64,
     pub p99: f64,
+}
+
+impl Slowdown {
+    fn of(slowdowns: &mut [f64]) -> Slowdown {
+        if slowdowns.is_empty() {
+            return Slowdown {
+                mean: 1.0,
+                p99: 1.0,
+            };
+        }
+        let mean = slowdowns.iter().sum::<f64>() / slowdowns.len() as f64;
+        let rank = ((slowdowns.len() - 1) as f64 * 0.99).round() as usize;
+        let p99 = *slowdowns.select_nth_unstable_by(rank, f64::total_cmp).1;
+        Slowdown { mean, p99 }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -224,54 +240,143 @@ pub fn jain(shares: &[Vec<(u32, f64, f64)>]) -> (f64, ShareLag) {
     (index, lag)
 }
 
-pub fn summarise(out: &RunOutput, scenario_name: &str) -> Summary {
-    let mut waits = Vec::with_capacity(out.tasks.len());
-    let mut by_size: BTreeMap<&'static str, Vec<u64>> = BTreeMap::new();
-    let mut by_prio: BTreeMap<i32, Vec<u64>> = BTreeMap::new();
-    let mut turnaround = Vec::with_capacity(out.tasks.len());
-    let mut slowdowns = Vec::with_capacity(out.tasks.len());
-    let (mut succeeded, mut failed, mut cancelled, mut lost) = (0, 0, 0, 0);
-    let mut starved = 0;
-    let mut ran_total = 0.0;
-    for t in &out.tasks {
-        match t.state {
-            TaskState::Succeeded => succeeded += 1,
-            TaskState::Failed => failed += 1,
-            TaskState::Cancelled => cancelled += 1,
-            _ => lost += 1,
-        }
-        ran_total += t.ran_ms as f64;
-        if let Some(w) = wait_of(t) {
-            waits.push(w);
-            let size = out.groups[t.group as usize].size.name();
-            by_size.entry(size).or_default().push(w);
-            by_prio.entry(t.priority).or_default().push(w);
-            if w > out.starvation_threshold_ms {
-                starved += 1;
+/// What one pass over a run of tasks gathers; runs are gathered apart and joined in order,
+/// so that every list (and every float sum over one) is as a single pass would give it.
+#[derive(Default)]
+struct Gathered {
+    waits: Vec<u64>,
+    /// By [`SizeClass`], in declaration order.
+    by_size: [Vec<u64>; 4],
+    /// By priority, in order of first appearance.
+    by_prio: Vec<(i32, Vec<u64>)>,
+    turnaround: Vec<u64>,
+    slowdowns: Vec<f64>,
+    succeeded: u64,
+    failed: u64,
+    cancelled: u64,
+    not_terminal: u64,
+    starved: u64,
+    /// Integer milliseconds: exact in any order, unlike a float sum.
+    ran_total: u64,
+}
+
+impl Gathered {
+    fn of(tasks: &[TaskRec], groups: &[GroupRec], starvation_threshold_ms: Millis) -> Gathered {
+        let mut g = Gathered {
+            waits: Vec::with_capacity(tasks.len()),
+            turnaround: Vec::with_capacity(tasks.len()),
+            slowdowns: Vec::with_capacity(tasks.len()),
+            ..Gathered::default()
+        };
+        let mut last_prio = 0;
+        for t in tasks {
+            match t.state {
+                TaskState::Succeeded => g.succeeded += 1,
+                TaskState::Failed => g.failed += 1,
+                TaskState::Cancelled => g.cancelled += 1,
+                _ => g.not_terminal += 1,
+            }
+            g.ran_total += t.ran_ms;
+            if let Some(w) = wait_of(t) {
+                g.waits.push(w);
+                g.by_size[groups[t.group as usize].size as usize].push(w);
+                // Priorities are few and come in runs: the last one used usually matches.
+                if g.by_prio
+                    .get(last_prio)
+                    .is_none_or(|(p, _)| *p != t.priority)
+                {
+                    last_prio = match g.by_prio.iter().position(|(p, _)| *p == t.priority) {
+                        Some(i) => i,
+                        None => {
+                            g.by_prio.push((t.priority, Vec::new()));
+                            g.by_prio.len() - 1
+                        }
+                    };
+                }
+                g.by_prio[last_prio].1.push(w);
+                if w > starvation_threshold_ms {
+                    g.starved += 1;
+                }
+            }
+            if t.finish != Millis::MAX && t.start != Millis::MAX {
+                let ta = t.finish.saturating_sub(t.submit);
+                g.turnaround.push(ta);
+                let run = t.ran_ms.max(SLOWDOWN_TAU_MS) as f64;
+                g.slowdowns.push((ta as f64 / run).max(1.0));
             }
         }
-        if t.finish != Millis::MAX && t.start != Millis::MAX {
-            let ta = t.finish.saturating_sub(t.submit);
-            turnaround.push(ta);
-            let run = t.ran_ms.max(SLOWDOWN_TAU_MS) as f64;
-            slowdowns.push((ta as f64 / run).max(1.0));
-        }
+        g
     }
+
+    /// Appends `later`, gathered from the tasks after this one's.
+    fn join(mut self, later: Gathered) -> Gathered {
+        self.waits.extend_from_slice(&later.waits);
+        for (mine, theirs) in self.by_size.iter_mut().zip(&later.by_size) {
+            mine.extend_from_slice(theirs);
+        }
+        for (prio, waits) in later.by_prio {
+            match self.by_prio.iter_mut().find(|(p, _)| *p == prio) {
+                Some((_, mine)) => mine.extend_from_slice(&waits),
+                None => self.by_prio.push((prio, waits)),
+            }
+        }
+        self.turnaround.extend_from_slice(&later.turnaround);
+        self.slowdowns.extend_from_slice(&later.slowdowns);
+        self.succeeded += later.succeeded;
+        self.failed += later.failed;
+        self.cancelled += later.cancelled;
+        self.not_terminal += later.not_terminal;
+        self.starved += later.starved;
+        self.ran_total += later.ran_total;
+        self
+    }
+}
+
+pub fn summarise(out: &RunOutput, scenario_name: &str) -> Summary {
+    // A day's run has 600k tasks: the two halves are gathered, and the distributions
+    // computed, on two threads (the run's other threads are done by now).
+    let (first, second) = out.tasks.split_at(out.tasks.len() / 2);
+    let threshold = out.starvation_threshold_ms;
+    let (gathered, (wait_ms, turnaround_ms)) = std::thread::scope(|scope| {
+        let second = scope.spawn(|| Gathered::of(second, &out.groups, threshold));
+        let first = Gathered::of(first, &out.groups, threshold);
+        let mut gathered = match second.join() {
+            Ok(second) => first.join(second),
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        let mut waits = std::mem::take(&mut gathered.waits);
+        let mut turnaround = std::mem::take(&mut gathered.turnaround);
+        let dists = scope.spawn(move || (Dist::of(&mut waits), Dist::of(&mut turnaround)));
+        let by_size = gathered.by_size.iter_mut().zip([
+            SizeClass::Small,
+            SizeClass::Medium,
+            SizeClass::Large,
+            SizeClass::Other,
+        ]);
+        let wait_ms_by_size: BTreeMap<String, Dist> = by_size
+            .filter(|(waits, _)| !waits.is_empty())
+            .map(|(waits, size)| (size.name().to_string(), Dist::of(waits)))
+            .collect();
+        let wait_ms_by_priority: BTreeMap<String, Dist> = gathered
+            .by_prio
+            .iter_mut()
+            .map(|(prio, waits)| (prio.to_string(), Dist::of(waits)))
+            .collect();
+        let slowdown = Slowdown::of(&mut gathered.slowdowns);
+        let dists = match dists.join() {
+            Ok(dists) => dists,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        (
+            (gathered, wait_ms_by_size, wait_ms_by_priority, slowdown),
+            dists,
+        )
+    });
+    let (g, wait_ms_by_size, wait_ms_by_priority, slowdown) = gathered;
+    let (succeeded, failed, cancelled, starved) = (g.succeeded, g.failed, g.cancelled, g.starved);
     // Tasks the workload submitted that the journal never showed count as lost too.
-    lost += out.accepted.saturating_sub(out.tasks.len() as u64);
-    let slowdown = Slowdown {
-        mean: if slowdowns.is_empty() {
-            1.0
-        } else {
-            slowdowns.iter().sum::<f64>() / slowdowns.len() as f64
-        },
-        p99: if slowdowns.is_empty() {
-            1.0
-        } else {
-            let rank = ((slowdowns.len() - 1) as f64 * 0.99).round() as usize;
-            *slowdowns.select_nth_unstable_by(rank, f64::total_cmp).1
-        },
-    };
+    let lost = g.not_terminal + out.accepted.saturating_sub(out.tasks.len() as u64);
+    let ran_total = g.ran_total as f64;
     let (jain_index, share_lag_ms) = jain(&shares(out));
     let slot_ms: f64 = out.pools.iter().map(|p| p.slot_ms).sum();
     let hours = out.simulated_ms as f64 / 3_600_000.0;
@@ -288,16 +393,10 @@ pub fn summarise(out: &RunOutput, scenario_name: &str) -> Summary {
         invariant_violations: out.violations.clone(),
         journal_hash: format!("{:016x}", out.journal_hash),
         events: out.events,
-        wait_ms: Dist::of(&mut waits),
-        wait_ms_by_size: by_size
-            .into_iter()
-            .map(|(k, mut v)| (k.to_string(), Dist::of(&mut v)))
-            .collect(),
-        wait_ms_by_priority: by_prio
-            .into_iter()
-            .map(|(k, mut v)| (k.to_string(), Dist::of(&mut v)))
-            .collect(),
-        turnaround_ms: Dist::of(&mut turnaround),
+        wait_ms,
+        wait_ms_by_size,
+        wait_ms_by_priority,
+        turnaround_ms,
         bounded_slowdown: slowdown,
         jain_index,
         share_lag_ms,
@@ -336,6 +435,41 @@ pub fn summarise(out: &RunOutput, scenario_name: &str) -> Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_of_tasks_gathered_apart_and_joined_give_one_pass() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/chaos.toml");
+        let scenario = crate::Scenario::load(std::path::Path::new(path)).expect("chaos parses");
+        let out = crate::run(&scenario, crate::Options::default());
+        let (tasks, groups) = (&out.tasks, &out.groups);
+        assert!(tasks.len() > 100, "chaos submits {} tasks", tasks.len());
+        let whole = Gathered::of(tasks, groups, 1_000);
+        assert!(whole.by_prio.len() > 1 && whole.slowdowns.len() > 100);
+        for cut in [0, 1, tasks.len() / 3, tasks.len() / 2, tasks.len()] {
+            let (a, b) = tasks.split_at(cut);
+            let joined = Gathered::of(a, groups, 1_000).join(Gathered::of(b, groups, 1_000));
+            assert_eq!(joined.waits, whole.waits, "cut at {cut}");
+            assert_eq!(joined.by_size, whole.by_size, "cut at {cut}");
+            let mut prios = joined.by_prio.clone();
+            let mut whole_prios = whole.by_prio.clone();
+            prios.sort_by_key(|(p, _)| *p);
+            whole_prios.sort_by_key(|(p, _)| *p);
+            assert_eq!(prios, whole_prios, "cut at {cut}");
+            assert_eq!(joined.turnaround, whole.turnaround, "cut at {cut}");
+            assert_eq!(joined.slowdowns, whole.slowdowns, "cut at {cut}");
+            let counts = |g: &Gathered| {
+                let c = (
+                    g.succeeded,
+                    g.failed,
+                    g.cancelled,
+                    g.not_terminal,
+                    g.starved,
+                );
+                (c, g.ran_total)
+            };
+            assert_eq!(counts(&joined), counts(&whole), "cut at {cut}");
+        }
+    }
 
     #[test]
     fn percentiles_of_a_small_sample() {
