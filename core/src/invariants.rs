@@ -38,11 +38,14 @@ impl Core {
             v(1, None, format!("internal: {e}"));
         }
         let mut counts = crate::types::StateCounts::default();
-        let deadline_entries: std::collections::BTreeSet<_> =
-            self.deadlines.iter().map(|e| e.0).collect();
+        // Sorted for binary search: a tree's allocations would cost more than the check,
+        // which the simulator's fuzzer runs after every step.
+        let mut deadline_entries: Vec<(crate::Millis, TaskId)> =
+            self.deadlines.iter().map(|e| (e.0 .0, e.0 .1)).collect();
+        deadline_entries.sort_unstable();
         // 9. the earliest deadline entry is live, since `next_wakeup` reads it as it is.
-        if let Some(&std::cmp::Reverse((at, id))) = self.deadlines.peek() {
-            if self.attempt_timer(id) != Some(at) {
+        if let Some(&std::cmp::Reverse(entry @ (at, id, _))) = self.deadlines.peek() {
+            if !self.deadline_is_live(entry) || self.attempt_timer(id) != Some(at) {
                 v(
                     9,
                     Some(id),
@@ -110,7 +113,7 @@ impl Core {
                     Some((_, since)) => since.saturating_add(self.config.interrupt_grace_ms),
                     None => r.deadline,
                 };
-                if !deadline_entries.contains(&(timer, id)) {
+                if deadline_entries.binary_search(&(timer, id)).is_err() {
                     v(
                         9,
                         Some(id),

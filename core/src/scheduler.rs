@@ -30,8 +30,13 @@ const MAX_FOLLOW_UP_DEPTH: usize = 8;
 /// stored values are rescaled so that they never overflow.
 const MAX_SHARE_EXPONENT: f64 = 256.0;
 
+/// (when, task, the attempt's slot): ordered as the timers fire, by time, then task.
+pub(crate) type DeadlineEntry = (Millis, TaskId, u32);
+
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RunningAttempt {
+    /// The task it belongs to; 0 once its slot is free.
+    pub task: TaskId,
     pub assigned_at: Millis,
     pub started_at: Option<Millis>,
     pub deadline: Millis,
@@ -141,6 +146,7 @@ impl Attempts {
     /// Empties `slot` and returns what it held.
     fn take(&mut self, slot: &mut AttemptSlot) -> Option<RunningAttempt> {
         let attempt = *self.get(*slot)?;
+        self.slots[slot.0 as usize].task = 0;
         self.free.push(slot.0);
         *slot = AttemptSlot::NONE;
         Some(attempt)
@@ -418,7 +424,7 @@ pub struct Core {
     /// per attempt cost more than the whole heap): an entry counts only while it equals its
     /// task's [`Core::attempt_timer`], and stale entries are dropped as they reach the top,
     /// so that the top is always live.
-    pub(crate) deadlines: BinaryHeap<Reverse<(Millis, TaskId)>>,
+    pub(crate) deadlines: BinaryHeap<Reverse<DeadlineEntry>>,
     pub(crate) retries: BTreeSet<(Millis, TaskId)>,
     /// When lanes' levels change, earliest first. A lane's timer moves on nearly every
     /// change to the lane, so a moved timer's old entry is left behind rather than searched
@@ -805,7 +811,7 @@ impl Core {
     /// an interrupt's grace period, or a retry's backoff. Ageing needs no wakeup: levels are
     /// brought up to date at each dispatch.
     pub fn next_wakeup(&self) -> Option<Millis> {
-        let deadline = self.deadlines.peek().map(|Reverse((t, _))| *t);
+        let deadline = self.deadlines.peek().map(|Reverse((t, _, _))| *t);
         let retry = self.retries.first().map(|(t, _)| *t);
         match (deadline, retry) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -1004,7 +1010,7 @@ impl Core {
             let deadline = self
                 .deadlines
                 .peek()
-                .map(|e| e.0)
+                .map(|&Reverse((t, id, _))| (t, id))
                 .filter(|(t, _)| *t <= now);
             let retry = self.retries.first().copied().filter(|(t, _)| *t <= now);
             let due = match (deadline, retry) {
@@ -1039,25 +1045,38 @@ impl Core {
     /// (once interrupted) the end of the grace period.
     pub(crate) fn attempt_timer(&self, id: TaskId) -> Option<Millis> {
         let task = self.tasks.get(idx_checked(id)?)?;
-        let attempt = self.attempts.get(task.running)?;
-        Some(match attempt.interrupt {
-            Some((_, since)) => since.saturating_add(self.config.interrupt_grace_ms),
-            None => attempt.deadline,
-        })
+        self.attempts.get(task.running).map(|a| self.timer_of(a))
     }
 
-    fn push_deadline(&mut self, at: Millis, id: TaskId) {
-        self.deadlines.push(Reverse((at, id)));
+    fn timer_of(&self, attempt: &RunningAttempt) -> Millis {
+        match attempt.interrupt {
+            Some((_, since)) => since.saturating_add(self.config.interrupt_grace_ms),
+            None => attempt.deadline,
+        }
+    }
+
+    /// Whether `entry` still counts. Read from the attempts' slab alone, which is as small
+    /// as the number of running attempts, rather than from the task: the check runs for
+    /// every entry left behind, and a task record is mostly a cache miss by then.
+    pub(crate) fn deadline_is_live(&self, entry: DeadlineEntry) -> bool {
+        let (at, id, slot) = entry;
+        self.attempts
+            .get(AttemptSlot(slot))
+            .is_some_and(|a| a.task == id && self.timer_of(a) == at)
+    }
+
+    fn push_deadline(&mut self, at: Millis, id: TaskId, slot: AttemptSlot) {
+        self.deadlines.push(Reverse((at, id, slot.0)));
         if self.deadlines.len() > 2 * self.attempts.len() + 1024 {
             let mut entries = std::mem::take(&mut self.deadlines).into_vec();
-            entries.retain(|&Reverse((at, id))| self.attempt_timer(id) == Some(at));
+            entries.retain(|e| self.deadline_is_live(e.0));
             self.deadlines = BinaryHeap::from(entries);
         }
     }
 
     fn drop_stale_deadlines_on_top(&mut self) {
-        while let Some(&Reverse((at, id))) = self.deadlines.peek() {
-            if self.attempt_timer(id) == Some(at) {
+        while let Some(&Reverse(entry)) = self.deadlines.peek() {
+            if self.deadline_is_live(entry) {
                 break;
             }
             self.deadlines.pop();
@@ -1068,8 +1087,8 @@ impl Core {
     pub(crate) fn live_deadlines(&self) -> BTreeSet<(Millis, TaskId)> {
         self.deadlines
             .iter()
-            .map(|e| e.0)
-            .filter(|&(at, id)| self.attempt_timer(id) == Some(at))
+            .filter(|e| self.deadline_is_live(e.0))
+            .map(|&Reverse((at, id, _))| (at, id))
             .collect()
     }
 
@@ -1534,12 +1553,13 @@ impl Core {
                 let t = &mut self.tasks[idx(*id)];
                 t.attempt = *attempt;
                 t.running = self.attempts.insert(RunningAttempt {
+                    task: *id,
                     assigned_at: at,
                     started_at: None,
                     deadline,
                     interrupt: None,
                 });
-                let g = t.group;
+                let (g, slot) = (t.group, t.running);
                 self.set_state(*id, TaskState::Running);
                 let group = &mut self.groups[g as usize];
                 if group.running >= group.config.cap {
@@ -1551,7 +1571,7 @@ impl Core {
                     pool.over_slots_assignment = true;
                 }
                 pool.running += 1;
-                self.push_deadline(deadline, *id);
+                self.push_deadline(deadline, *id, slot);
                 self.refresh_group_lanes(g);
             }
             EventKind::Started { id, attempt } => {
@@ -1585,7 +1605,7 @@ impl Core {
                     r.interrupt = Some((*reason, at));
                     let timer = at.saturating_add(grace);
                     if timer != old {
-                        self.push_deadline(timer, *id);
+                        self.push_deadline(timer, *id, slot);
                         self.drop_stale_deadlines_on_top();
                     }
                 }
