@@ -475,6 +475,68 @@ fn an_overrunning_attempt_is_interrupted_then_declared_lost_after_the_grace() {
 }
 
 #[test]
+fn timers_of_attempts_that_ended_never_wake_the_driver_or_fire() {
+    // A grace of zero makes an overrunning attempt's interrupt and its "lost" fall due at
+    // the same instant, under the same timer key.
+    let mut core = Core::new(CoreConfig {
+        interrupt_grace_ms: 0,
+        ..CoreConfig::default()
+    });
+    core.set_pool_slots(0, DEFAULT_POOL, 1);
+    let quick = submit(&mut core, 0, TaskSpec::new("k").max_runtime_ms(1_000));
+    let a = core.next_assignment(0, DEFAULT_POOL).unwrap();
+    assert_eq!(a.id, quick);
+    succeed(&mut core, 10, &a);
+    assert_eq!(
+        core.next_wakeup(),
+        None,
+        "the ended attempt's deadline is gone"
+    );
+    // Fail at once and come back: the first attempt's timer must not fire for the second.
+    let again = submit(
+        &mut core,
+        10,
+        TaskSpec::new("k").max_runtime_ms(1_000).max_retries(1),
+    );
+    let first = core.next_assignment(10, DEFAULT_POOL).unwrap();
+    core.report(
+        20,
+        again,
+        first.attempt,
+        Report::Finished(AttemptOutcome::Transient {
+            message: "x".into(),
+        }),
+    )
+    .unwrap();
+    let due = core.next_wakeup().expect("the retry's backoff");
+    assert!(
+        due < 1_010,
+        "the retry, not the dead deadline at 1010, comes first"
+    );
+    core.tick(due);
+    let second = core.next_assignment(due, DEFAULT_POOL).unwrap();
+    assert_eq!((second.id, second.attempt), (again, first.attempt + 1));
+    assert_eq!(core.next_wakeup(), Some(due + 1_000));
+    core.tick(1_010);
+    assert_eq!(
+        core.drain_interrupts(),
+        vec![],
+        "nothing fires at the old deadline"
+    );
+    assert_eq!(core.state_of(again), Some(TaskState::Running));
+    assert_clean(&core);
+    // The second attempt overruns: interrupted and lost in the same instant.
+    core.tick(due + 1_000);
+    assert_eq!(core.drain_interrupts().len(), 1);
+    assert_eq!(core.state_of(again), Some(TaskState::Failed));
+    assert_eq!(core.next_wakeup(), None);
+    assert_clean(&core);
+    let journal = core.drain_journal();
+    let replayed = Core::replay(core.config().clone(), &journal).unwrap();
+    assert_eq!(replayed.digest(), core.digest());
+}
+
+#[test]
 fn continue_mode_requeues_at_once_without_counting_a_retry() {
     let mut core = core_with_slots(1);
     let id = submit(
