@@ -1,6 +1,6 @@
 //! The journal: every state change of the core, in order, with a sequence number.
 //!
-//! Commands decide; events record what was decided; [`crate::Core::apply`] is the only code
+//! Commands decide; events record what was decided; the core's private `apply` is the only code
 //! that changes state. Replaying a journal into an empty core therefore rebuilds exactly the
 //! state that produced it, which is how the host recovers after a crash and how the
 //! simulator crashes and recovers cores.
