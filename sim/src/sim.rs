@@ -1041,31 +1041,31 @@ impl<'s> Sim<'s> {
 
     /// Takes the core's outputs: journal events into the mirror, interrupts to workers.
     fn drain(&mut self) {
-        if self.core.pending_events() == 0 {
-            // Nothing to take.
-        } else if let Some(mut thread) = self.hash_thread.take() {
-            // Straight into the batch the hash thread gets next: each event is copied once,
-            // not into a staging list first (3.65 M events of ~70 bytes in a day).
-            let start = thread.batch.len();
-            self.core.drain_journal_into(&mut thread.batch);
-            for e in &thread.batch[start..] {
-                self.on_event(e);
-            }
-            if thread.batch.len() >= HASH_BATCH {
-                thread.send();
-            }
-            self.hash_thread = Some(thread);
-        } else {
-            let mut events = std::mem::take(&mut self.drained);
-            self.core.drain_journal_into(&mut events);
-            for e in events.drain(..) {
-                self.on_event(&e);
-                self.hash_inline(&e);
-                if self.keep_journal {
-                    self.journal.push(e);
+        if self.core.pending_events() > 0 {
+            if let Some(mut thread) = self.hash_thread.take() {
+                // Straight into the batch the hash thread gets next: each event is copied
+                // once, not into a staging list first (3.65 M events of ~70 bytes a day).
+                let start = thread.batch.len();
+                self.core.drain_journal_into(&mut thread.batch);
+                for e in &thread.batch[start..] {
+                    self.on_event(e);
                 }
+                if thread.batch.len() >= HASH_BATCH {
+                    thread.send();
+                }
+                self.hash_thread = Some(thread);
+            } else {
+                let mut events = std::mem::take(&mut self.drained);
+                self.core.drain_journal_into(&mut events);
+                for e in events.drain(..) {
+                    self.on_event(&e);
+                    self.hash_inline(&e);
+                    if self.keep_journal {
+                        self.journal.push(e);
+                    }
+                }
+                self.drained = events;
             }
-            self.drained = events;
         }
         for i in self.core.drain_interrupts() {
             self.on_interrupt(i.id, i.attempt, i.reason);
