@@ -245,7 +245,7 @@ pub fn jain(shares: &[Vec<(u32, f64, f64)>]) -> (f64, ShareLag) {
 #[derive(Default)]
 struct Gathered {
     waits: Vec<u64>,
-    /// By [`SizeClass`], in declaration order.
+    /// By [`SizeClass`], as in [`SizeClass::ALL`].
     by_size: [Vec<u64>; 4],
     /// By priority, in order of first appearance.
     by_prio: Vec<(i32, Vec<u64>)>,
@@ -334,7 +334,8 @@ impl Gathered {
 
 pub fn summarise(out: &RunOutput, scenario_name: &str) -> Summary {
     // A day's run has 600k tasks: the two halves are gathered, and the distributions
-    // computed, on two threads (the run's other threads are done by now).
+    // computed, on two threads (of the run's helpers only the one freeing the core may
+    // still be at work by now).
     let (first, second) = out.tasks.split_at(out.tasks.len() / 2);
     let threshold = out.starvation_threshold_ms;
     let (gathered, (wait_ms, turnaround_ms)) = std::thread::scope(|scope| {
@@ -347,12 +348,7 @@ pub fn summarise(out: &RunOutput, scenario_name: &str) -> Summary {
         let mut waits = std::mem::take(&mut gathered.waits);
         let mut turnaround = std::mem::take(&mut gathered.turnaround);
         let dists = scope.spawn(move || (Dist::of(&mut waits), Dist::of(&mut turnaround)));
-        let by_size = gathered.by_size.iter_mut().zip([
-            SizeClass::Small,
-            SizeClass::Medium,
-            SizeClass::Large,
-            SizeClass::Other,
-        ]);
+        let by_size = gathered.by_size.iter_mut().zip(SizeClass::ALL);
         let wait_ms_by_size: BTreeMap<String, Dist> = by_size
             .filter(|(waits, _)| !waits.is_empty())
             .map(|(waits, size)| (size.name().to_string(), Dist::of(waits)))

@@ -74,6 +74,14 @@ pub enum SizeClass {
 }
 
 impl SizeClass {
+    /// Every class, in declaration order (so `ALL[c as usize] == c`).
+    pub const ALL: [SizeClass; 4] = [
+        SizeClass::Small,
+        SizeClass::Medium,
+        SizeClass::Large,
+        SizeClass::Other,
+    ];
+
     pub fn of_jobs(jobs: u32) -> SizeClass {
         match jobs {
             0..=9 => SizeClass::Small,
