@@ -3,6 +3,9 @@
 //! run). Each figure is measured in this one run; see the README for the targets.
 //!
 //! 1. attempt: instantiate + call + teardown of the `noop` component (runtime only).
+//!    floor: the same on the same engine for two minimal components written in WAT, one
+//!    without a linear memory and one with a memory the size of `noop`'s: what wasmtime itself
+//!    costs before any handler code, ABI lowering or host state.
 //! 2. submit→start: in-process driver, idle, one task at a time (durable submit included).
 //! 3. end to end: the real `handyman serve` binary, noop tasks submitted through the HTTP
 //!    API in batches, until all have durably succeeded.
@@ -98,6 +101,70 @@ fn bench_attempt(tmp: &Path, n: usize) {
         us(percentile(&times, 0.5)),
         us(percentile(&times, 0.99))
     );
+}
+
+/// A component whose `run` returns a constant; with `memory_pages`, it also owns a linear
+/// memory of that many 64 KiB pages and writes to three of them, as a guest's stack, data and
+/// heap would.
+fn floor_component(memory_pages: Option<u32>) -> String {
+    let (memory, stores) = match memory_pages {
+        None => (String::new(), String::new()),
+        Some(pages) => {
+            let top = pages * 65536 - 16;
+            (
+                format!("(memory {pages})"),
+                [top, top / 2, 16]
+                    .map(|at| format!("(i32.store (i32.const {at}) (i32.const 1))"))
+                    .join(" "),
+            )
+        }
+    };
+    format!(
+        r#"(component
+             (core module $m {memory} (func (export "run") (result i32) {stores} i32.const 42))
+             (core instance $i (instantiate $m))
+             (func (export "run") (result u32) (canon lift (core func $i "run"))))"#
+    )
+}
+
+/// wasmtime's own cost of a fresh store, instantiation, a call and teardown, with the engine
+/// the runtime builds (pooling allocator, fuel, epoch deadline callback).
+fn bench_floor(n: usize) {
+    use wasmtime::component::{Component, Linker};
+    let runtime = Runtime::new(RuntimeConfig::default()).expect("runtime");
+    let engine = runtime.engine();
+    for (label, pages) in [("no memory", None), ("one 17-page memory", Some(17))] {
+        let wasm = wat::parse_str(floor_component(pages)).expect("valid WAT");
+        let component = Component::new(engine, &wasm).expect("compiles");
+        let pre = Linker::<()>::new(engine)
+            .instantiate_pre(&component)
+            .expect("no imports");
+        let mut times = Vec::with_capacity(n);
+        for i in 0..n + 1000 {
+            let start = Instant::now();
+            let mut store = wasmtime::Store::new(engine, ());
+            store.set_fuel(u64::MAX).expect("fuel is on");
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(|_| Ok(wasmtime::UpdateDeadline::Continue(1)));
+            let instance = pre.instantiate(&mut store).expect("instantiates");
+            let run = instance
+                .get_typed_func::<(), (u32,)>(&mut store, "run")
+                .expect("exports run");
+            let (answer,) = run.call(&mut store, ()).expect("runs");
+            drop(store);
+            let d = start.elapsed();
+            assert_eq!(answer, 42);
+            if i >= 1000 {
+                times.push(d);
+            }
+        }
+        times.sort();
+        println!(
+            "floor (wasmtime alone, component with {label}: fresh Store, instantiate, call, teardown): n={n} p50={:.1} µs p99={:.1} µs",
+            us(percentile(&times, 0.5)),
+            us(percentile(&times, 0.99))
+        );
+    }
 }
 
 /// Records when each attempt started.
@@ -393,12 +460,15 @@ fn main() {
     let only: Option<&str> = args
         .iter()
         .skip(1)
-        .find(|a| ["attempt", "latency", "e2e", "driver", "restart"].contains(&a.as_str()))
+        .find(|a| ["attempt", "floor", "latency", "e2e", "driver", "restart"].contains(&a.as_str()))
         .map(String::as_str);
     let tmp = tempfile::tempdir().expect("tmp");
     let want = |name: &str| only.is_none_or(|o| o == name);
     if want("attempt") {
         bench_attempt(tmp.path(), if quick { 2_000 } else { 20_000 });
+    }
+    if want("floor") {
+        bench_floor(if quick { 2_000 } else { 20_000 });
     }
     if want("latency") {
         bench_submit_to_start(tmp.path(), if quick { 200 } else { 1_000 });
