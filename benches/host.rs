@@ -64,6 +64,26 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+/// Untimed calls before the timed ones: the pool's slots, the caches and the branch
+/// predictors settle first.
+const WARM_UP: usize = 1000;
+
+/// Times `n` calls of `once` (given the call's index) after `WARM_UP` untimed ones; returns
+/// the median and the 99th percentile, in µs.
+fn p50_p99_us(n: usize, mut once: impl FnMut(usize)) -> (f64, f64) {
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n + WARM_UP {
+        let start = Instant::now();
+        once(i);
+        let elapsed = start.elapsed();
+        if i >= WARM_UP {
+            times.push(elapsed);
+        }
+    }
+    times.sort();
+    (us(percentile(&times, 0.5)), us(percentile(&times, 0.99)))
+}
+
 fn bench_attempt(tmp: &Path, n: usize) {
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(tmp.join("cache")),
@@ -73,9 +93,7 @@ fn bench_attempt(tmp: &Path, n: usize) {
     runtime
         .load_kind(&noop_only(tmp), "noop")
         .expect("load noop");
-    let mut times = Vec::with_capacity(n);
-    for i in 0..n + 1000 {
-        let start = Instant::now();
+    let (p50, p99) = p50_p99_us(n, |i| {
         let r = runtime
             .run_attempt(
                 "noop",
@@ -86,20 +104,13 @@ fn bench_attempt(tmp: &Path, n: usize) {
                 },
             )
             .expect("run");
-        let d = start.elapsed();
         assert!(matches!(
             r.outcome,
             handyman_host::runtime::AttemptOutcome::Done(_)
         ));
-        if i >= 1000 {
-            times.push(d);
-        }
-    }
-    times.sort();
+    });
     println!(
-        "attempt (noop: fresh Store, instantiate, call, teardown): n={n} p50={:.1} µs p99={:.1} µs (targets 5 / 10 µs)",
-        us(percentile(&times, 0.5)),
-        us(percentile(&times, 0.99))
+        "attempt (noop: fresh Store, instantiate, call, teardown): n={n} p50={p50:.1} µs p99={p99:.1} µs (targets 5 / 10 µs)"
     );
 }
 
@@ -143,9 +154,7 @@ fn bench_floor(n: usize) {
         let run_export = component
             .get_export_index(None, "run")
             .expect("exports run");
-        let mut times = Vec::with_capacity(n);
-        for i in 0..n + 1000 {
-            let start = Instant::now();
+        let (p50, p99) = p50_p99_us(n, |_| {
             let mut store = wasmtime::Store::new(engine, ());
             store.set_fuel(u64::MAX).expect("fuel is on");
             store.set_epoch_deadline(1);
@@ -156,17 +165,10 @@ fn bench_floor(n: usize) {
                 .expect("run has the right type");
             let (answer,) = run.call(&mut store, ()).expect("runs");
             drop(store);
-            let d = start.elapsed();
             assert_eq!(answer, 42);
-            if i >= 1000 {
-                times.push(d);
-            }
-        }
-        times.sort();
+        });
         println!(
-            "floor (wasmtime alone, component with {label}: fresh Store, instantiate, call, teardown): n={n} p50={:.1} µs p99={:.1} µs",
-            us(percentile(&times, 0.5)),
-            us(percentile(&times, 0.99))
+            "floor (wasmtime alone, component with {label}: fresh Store, instantiate, call, teardown): n={n} p50={p50:.1} µs p99={p99:.1} µs"
         );
     }
 }
