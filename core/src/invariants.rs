@@ -109,10 +109,7 @@ impl Core {
             if let Some(r) = self.attempts.get(t.running) {
                 group_running[t.group as usize] += 1;
                 pool_running[t.pool as usize] += 1;
-                let timer = match r.interrupt {
-                    Some((_, since)) => since.saturating_add(self.config.interrupt_grace_ms),
-                    None => r.deadline,
-                };
+                let timer = self.timer_of(r);
                 if deadline_entries.binary_search(&(timer, id)).is_err() {
                     v(
                         9,

@@ -1049,7 +1049,7 @@ impl Core {
         self.attempts.get(task.running).map(|a| self.timer_of(a))
     }
 
-    fn timer_of(&self, attempt: &RunningAttempt) -> Millis {
+    pub(crate) fn timer_of(&self, attempt: &RunningAttempt) -> Millis {
         match attempt.interrupt {
             Some((_, since)) => since.saturating_add(self.config.interrupt_grace_ms),
             None => attempt.deadline,
