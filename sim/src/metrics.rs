@@ -246,7 +246,7 @@ pub fn jain(shares: &[Vec<(u32, f64, f64)>]) -> (f64, ShareLag) {
 struct Gathered {
     waits: Vec<u64>,
     /// By [`SizeClass`], as in [`SizeClass::ALL`].
-    by_size: [Vec<u64>; 4],
+    by_size: [Vec<u64>; SizeClass::ALL.len()],
     /// By priority, in order of first appearance.
     by_prio: Vec<(i32, Vec<u64>)>,
     turnaround: Vec<u64>,
