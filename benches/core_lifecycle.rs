@@ -8,6 +8,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
+use compact_str::format_compact;
 use criterion::{criterion_group, BatchSize, Criterion};
 use handyman_core::{
     Ageing, AttemptOutcome, Core, CoreConfig, Event, GroupConfig, Report, TaskSpec, DEFAULT_POOL,
@@ -51,7 +52,7 @@ fn mix(i: u64) -> u64 {
 fn spec(i: u64) -> TaskSpec {
     let r = mix(i);
     let mut spec = TaskSpec::new("noop")
-        .group(format!("pipeline-{}", r % GROUPS))
+        .group(format_compact!("pipeline-{}", r % GROUPS))
         .priority((r >> 20) as i32 % 5);
     if r & 1 == 0 {
         spec = spec.ageing(Ageing::Linear {

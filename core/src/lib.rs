@@ -32,6 +32,9 @@ pub mod spec;
 mod types;
 
 pub use ageing::Ageing;
+/// The string type of a spec's names (kind, pool, group, …): names of up to 24 bytes live
+/// inline, so building and dropping a spec costs no allocation for them.
+pub use compact_str::CompactString;
 pub use explain::{Explanation, Reason};
 pub use invariants::Violation;
 pub use journal::{stable_hash, AttemptOutcome, Event, EventKind, InterruptReason, StableHasher};

@@ -1,5 +1,6 @@
 //! What a caller hands the core: a task spec, and the settings of groups and pools.
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::ageing::Ageing;
@@ -22,13 +23,13 @@ use crate::{Millis, TaskId};
 #[serde(default, deny_unknown_fields)]
 pub struct TaskSpec {
     /// The handler that runs this task.
-    pub kind: String,
+    pub kind: CompactString,
     /// The worker pool it runs in (namespaced by convention, e.g. `team/gpu`).
     #[serde(skip_serializing_if = "is_default_pool")]
-    pub pool: String,
+    pub pool: CompactString,
     /// The fair-share unit (a pipeline, a customer source).
     #[serde(skip_serializing_if = "is_default_group")]
-    pub group: String,
+    pub group: CompactString,
     /// Base priority: higher runs first. Ageing adds to it while the task waits.
     #[serde(skip_serializing_if = "is_zero")]
     pub priority: i32,
@@ -41,7 +42,7 @@ pub struct TaskSpec {
     /// Exclusive ordering inside a dependency group: a task starts only when no task of a
     /// higher rank in the same dependency group is still unfinished.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub dependency_group: Option<String>,
+    pub dependency_group: Option<CompactString>,
     /// See `dependency_group`. Higher rank runs first.
     #[serde(skip_serializing_if = "is_zero")]
     pub rank: i32,
@@ -60,7 +61,7 @@ pub struct TaskSpec {
     /// A second submit with the same key, while the first task is not terminal, returns the
     /// first task's id instead of creating a task.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub dedup_key: Option<String>,
+    pub dedup_key: Option<CompactString>,
     /// Tasks submitted when this one succeeds.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub on_success: Vec<TaskSpec>,
@@ -102,9 +103,9 @@ fn is_default<T: Default + PartialEq>(value: &T) -> bool {
 impl Default for TaskSpec {
     fn default() -> Self {
         TaskSpec {
-            kind: String::new(),
-            pool: DEFAULT_POOL.to_string(),
-            group: DEFAULT_GROUP.to_string(),
+            kind: CompactString::const_new(""),
+            pool: CompactString::const_new(DEFAULT_POOL),
+            group: CompactString::const_new(DEFAULT_GROUP),
             priority: 0,
             ageing: Ageing::None,
             depends_on: Vec::new(),
@@ -129,17 +130,17 @@ pub const DEFAULT_GROUP: &str = "default";
 
 impl TaskSpec {
     /// A spec with defaults for everything but the kind.
-    pub fn new(kind: impl Into<String>) -> Self {
+    pub fn new(kind: impl Into<CompactString>) -> Self {
         TaskSpec {
             kind: kind.into(),
             ..TaskSpec::default()
         }
     }
-    pub fn pool(mut self, pool: impl Into<String>) -> Self {
+    pub fn pool(mut self, pool: impl Into<CompactString>) -> Self {
         self.pool = pool.into();
         self
     }
-    pub fn group(mut self, group: impl Into<String>) -> Self {
+    pub fn group(mut self, group: impl Into<CompactString>) -> Self {
         self.group = group.into();
         self
     }
@@ -159,7 +160,7 @@ impl TaskSpec {
         self.depends_on.push(DepRef::Batch(index));
         self
     }
-    pub fn rank_in(mut self, dependency_group: impl Into<String>, rank: i32) -> Self {
+    pub fn rank_in(mut self, dependency_group: impl Into<CompactString>, rank: i32) -> Self {
         self.dependency_group = Some(dependency_group.into());
         self.rank = rank;
         self
@@ -180,7 +181,7 @@ impl TaskSpec {
         self.backoff = backoff;
         self
     }
-    pub fn dedup_key(mut self, key: impl Into<String>) -> Self {
+    pub fn dedup_key(mut self, key: impl Into<CompactString>) -> Self {
         self.dedup_key = Some(key.into());
         self
     }

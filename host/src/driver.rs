@@ -804,18 +804,18 @@ impl Driver {
         let Some(info) = self.kinds.iter().find(|k| k.name == spec.kind) else {
             let known: Vec<&str> = self.kinds.iter().map(|k| k.name.as_str()).collect();
             return Err(SubmitRejection::UnknownKind {
-                kind: spec.kind.clone(),
+                kind: spec.kind.to_string(),
                 known: known.join(", "),
             });
         };
         let pool = &self.kind_pools[&info.name];
         if spec.pool == DEFAULT_POOL {
-            spec.pool = pool.clone();
+            spec.pool = pool.as_str().into();
         } else if spec.pool != *pool {
             return Err(SubmitRejection::WrongPool {
-                kind: spec.kind.clone(),
+                kind: spec.kind.to_string(),
                 expected: pool.clone(),
-                given: spec.pool.clone(),
+                given: spec.pool.to_string(),
             });
         }
         // The kind's own limit bounds every attempt: the core's deadline must not be later.

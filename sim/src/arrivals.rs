@@ -307,7 +307,7 @@ impl Draws {
         let (dup_p, cancel_p, cancel_after) = (w.duplicate_p, w.cancel_p, w.cancel_after_ms);
         if dup_p > 0.0 {
             for (j, s) in specs.iter_mut().enumerate() {
-                s.dedup_key = Some(format!("{group}/{now}/{j}"));
+                s.dedup_key = Some(format!("{group}/{now}/{j}").into());
             }
         }
         let mut follow_ups = Vec::new();

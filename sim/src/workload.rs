@@ -41,12 +41,10 @@ impl Kind {
 
     pub fn task_spec(&self, group: &str, priority: Option<i32>) -> TaskSpec {
         let k = &self.spec;
-        // Every field spelled out: `..TaskSpec::default()` would allocate, then drop, a
-        // default pool and group name for each of a day's 600k tasks.
         TaskSpec {
-            kind: k.name.clone(),
-            pool: k.pool.clone(),
-            group: group.to_string(),
+            kind: k.name.as_str().into(),
+            pool: k.pool.as_str().into(),
+            group: group.into(),
             priority: priority.unwrap_or(k.priority),
             ageing: k.ageing,
             depends_on: Vec::new(),
