@@ -252,15 +252,11 @@ impl Core {
                 .boost(now.saturating_sub(t.ready_since.unwrap_or(now)));
         let my_ready = t.ready_since.unwrap_or(now);
         let mut in_group = 0;
-        for bucket in &lane.buckets {
-            for &(ready, other) in bucket.iter() {
-                if other == id {
-                    continue;
-                }
-                let score = bucket.base_score + bucket.ageing.boost(now.saturating_sub(ready));
-                if score > my_score || (score == my_score && (ready, other) < (my_ready, id)) {
-                    in_group += 1;
-                }
+        for (score, ready, other) in lane.scored_tasks(now, self.ageings.values()) {
+            if other != id
+                && (score > my_score || (score == my_score && (ready, other) < (my_ready, id)))
+            {
+                in_group += 1;
             }
         }
         let my_bonus = self
@@ -279,21 +275,20 @@ impl Core {
                 .policy
                 .group_bonus(og.usage_at_charge, og.config.weight);
             let lane_ahead = my_key.is_none_or(|k| *key < k);
-            for bucket in &other.buckets {
-                for &(ready, _) in bucket.iter() {
-                    let score = bucket.base_score + bucket.ageing.boost(now.saturating_sub(ready));
-                    let level = self.policy.level_of(score + bonus);
-                    if level > my_level {
-                        higher_level += 1;
-                    } else if level == my_level && lane_ahead {
-                        same_level += 1;
-                    }
+            for (score, _, _) in other.scored_tasks(now, self.ageings.values()) {
+                let level = self.policy.level_of(score + bonus);
+                if level > my_level {
+                    higher_level += 1;
+                } else if level == my_level && lane_ahead {
+                    same_level += 1;
                 }
             }
         }
         let next = in_group == 0
             && self.choose_lane_for_explain(t.pool) == Some(t.lane)
-            && lane.head(now).is_some_and(|h| h.id == id);
+            && lane
+                .head(now, self.ageings.values())
+                .is_some_and(|h| h.id == id);
         if next {
             reasons.push(Reason::NextInLine);
         } else {

@@ -227,7 +227,7 @@ impl Core {
             }
             // Membership above is a binary search: it means something only while each
             // bucket stays sorted.
-            if lane.buckets.iter().any(|b| !b.is_strictly_sorted()) {
+            if !lane.buckets_consistent() {
                 v(1, None, format!("lane {l} has a bucket out of order"));
             }
         }

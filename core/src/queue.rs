@@ -11,6 +11,9 @@
 //!   binary search and a shift of the shorter side. A removal elsewhere (a cancel) leaves a
 //!   tombstone instead of shifting, so cancelling many tasks of a long bucket stays
 //!   O(log n) each; tombstones leave as they reach the front.
+//! - A lane keeps its buckets' heads (least entry, base score, ageing) in a compact array
+//!   apart from the deques, with a bit per bucket that holds a task: a head search reads
+//!   the heads of the occupied buckets only, a few cache lines per lane.
 //! - Each pool keeps its lanes in a `BTreeSet` ordered by [`LaneKey`]: level (the best head's
 //!   aged score, with the policy's group bonus), then usage per weight (fair share), then the
 //!   head's age. A lane's level only changes at a time the index computes in advance from the
@@ -19,7 +22,7 @@
 
 use std::collections::VecDeque;
 
-use crate::ageing::{Ageing, AgeingClassKey};
+use crate::ageing::Ageing;
 use crate::{Millis, TaskId};
 
 pub(crate) type PoolIdx = u32;
@@ -38,37 +41,89 @@ pub(crate) struct LaneKey {
     pub lane: LaneIdx,
 }
 
-/// A lane's bucket. `repr(C)` keeps the fields that a lane's head search reads (`front`,
-/// `base_score`, `ageing`, `wait_memo`) together at the start: with 100k tasks or more
-/// queued, that search runs over every bucket of a lane that is no longer in cache, and it
-/// should cost a line or two per bucket, not one for the struct plus one for the deque.
-#[derive(Debug, Clone)]
-#[repr(C)]
-pub(crate) struct Bucket {
-    /// A copy of the deque's front (always live), kept so that reading a bucket's head does
-    /// not reach into the deque's buffer.
-    front: Option<(Millis, TaskId)>,
+/// What a lane's head search and level timer read of one bucket, kept apart from the deques:
+/// 48 bytes a bucket. With 100k tasks or more queued, that search runs over buckets no
+/// longer in cache, and it should read a few lines per lane, not one or two per bucket.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BucketHead {
+    /// The bucket's least entry, always live: its ready time and id (0 while the bucket is
+    /// empty; task ids start at 1).
+    pub ready_since: Millis,
+    pub id: TaskId,
     pub base_score: f64,
-    pub ageing: Ageing,
-    /// The last `ageing.wait_to_reach` asked of this bucket, as (target bits, answer): a
-    /// lane asks again after every change to it, nearly always for the same next level,
-    /// and the inverse walks the ageing curve. A pure function's answer, so never stale.
-    wait_memo: Option<(u64, Option<Millis>)>,
+    /// The last `wait_to_reach` asked of this bucket's ageing: the score it was asked for
+    /// (as bits; NaN's bits before the first question) and the answer (`Millis::MAX` for
+    /// "never"). A lane asks again after every change to it, nearly always for the same next
+    /// level, and the inverse walks the ageing curve. A pure function's answer, so never
+    /// stale.
+    memo_needed: u64,
+    memo_wait: Millis,
+    /// The bucket's ageing, as its number in `Core::ageings`: equal numbers, equal ageing.
+    pub ageing: u32,
     pub priority: i32,
-    /// `ageing.class_key()`, kept so that finding a task's bucket compares, not recomputes.
-    pub class: AgeingClassKey,
+}
+
+impl BucketHead {
+    fn new(ageing: u32, priority: i32, base_score: f64) -> Self {
+        BucketHead {
+            ready_since: 0,
+            id: 0,
+            base_score,
+            memo_needed: f64::NAN.to_bits(),
+            memo_wait: Millis::MAX,
+            ageing,
+            priority,
+        }
+    }
+
+    /// How long this bucket's head must wait to reach the score `needed`, if it ever does.
+    fn wait_to_reach(&mut self, needed: f64, ageings: &[Ageing]) -> Option<Millis> {
+        if needed.to_bits() != self.memo_needed || needed.is_nan() {
+            let wait = ageings[self.ageing as usize].wait_to_reach(needed);
+            self.memo_needed = needed.to_bits();
+            self.memo_wait = wait.unwrap_or(Millis::MAX);
+        }
+        (self.memo_wait != Millis::MAX).then_some(self.memo_wait)
+    }
+
+    fn entry(&self) -> Option<(Millis, TaskId)> {
+        (self.id != 0).then_some((self.ready_since, self.id))
+    }
+
+    fn set_entry(&mut self, entry: Option<(Millis, TaskId)>) {
+        (self.ready_since, self.id) = entry.unwrap_or((0, 0));
+    }
+}
+
+/// A lane's bucket: its tasks in order. Its head and identity live in the lane's
+/// [`BucketHead`] of the same index.
+#[derive(Debug, Clone)]
+pub(crate) struct Bucket {
     /// Sorted by (ready time, id), without duplicates; may hold tombstones, never at the
     /// front. Read it through [`Bucket::iter`].
     tasks: VecDeque<(Millis, TaskId)>,
-    /// Entries of `tasks` that were removed. Only asked about, never iterated.
-    removed: rustc_hash::FxHashSet<(Millis, TaskId)>,
+    /// Entries of `tasks` that were removed, if any ever were (a cancel of a task in the
+    /// middle of its bucket). Only asked about, never iterated. Boxed, as few buckets ever
+    /// need it: it keeps a bucket to the deque and a pointer, 40 bytes.
+    removed: Option<Box<rustc_hash::FxHashSet<(Millis, TaskId)>>>,
 }
 
 impl Bucket {
-    fn insert(&mut self, key: (Millis, TaskId)) -> bool {
+    fn new() -> Bucket {
+        Bucket {
+            tasks: VecDeque::new(),
+            removed: None,
+        }
+    }
+
+    fn is_removed(&self, key: &(Millis, TaskId)) -> bool {
+        self.removed.as_ref().is_some_and(|r| r.contains(key))
+    }
+
+    fn insert(&mut self, key: (Millis, TaskId), head: &mut BucketHead) -> bool {
         // The front is the least entry, and a tombstone brought back is never the least.
-        if self.front.is_none_or(|front| key < front) {
-            self.front = Some(key);
+        if head.entry().is_none_or(|front| key < front) {
+            head.set_entry(Some(key));
         }
         match self.tasks.back() {
             None => {
@@ -80,7 +135,7 @@ impl Bucket {
                 true
             }
             Some(_) => match self.tasks.binary_search(&key) {
-                Ok(_) => self.removed.remove(&key),
+                Ok(_) => self.removed.as_mut().is_some_and(|r| r.remove(&key)),
                 Err(at) => {
                     self.tasks.insert(at, key);
                     true
@@ -89,11 +144,11 @@ impl Bucket {
         }
     }
 
-    fn remove(&mut self, key: (Millis, TaskId)) -> bool {
-        if self.front == Some(key) {
+    fn remove(&mut self, key: (Millis, TaskId), head: &mut BucketHead) -> bool {
+        if head.entry() == Some(key) {
             self.tasks.pop_front();
             self.drop_front_tombstones();
-            self.front = self.tasks.front().copied();
+            head.set_entry(self.tasks.front().copied());
             return true;
         }
         if self.tasks.back() == Some(&key) {
@@ -101,15 +156,15 @@ impl Bucket {
             self.tasks.pop_back();
             return true;
         }
-        self.tasks.binary_search(&key).is_ok() && self.removed.insert(key)
+        self.tasks.binary_search(&key).is_ok() && self.removed.get_or_insert_default().insert(key)
     }
 
     fn drop_front_tombstones(&mut self) {
-        if self.removed.is_empty() {
+        let Some(removed) = self.removed.as_mut() else {
             return;
-        }
+        };
         while let Some(front) = self.tasks.front() {
-            if !self.removed.remove(front) {
+            if !removed.remove(front) {
                 break;
             }
             self.tasks.pop_front();
@@ -117,39 +172,45 @@ impl Bucket {
     }
 
     pub fn contains(&self, key: (Millis, TaskId)) -> bool {
-        self.tasks.binary_search(&key).is_ok() && !self.removed.contains(&key)
+        self.tasks.binary_search(&key).is_ok() && !self.is_removed(&key)
     }
 
     /// The live entries, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = &(Millis, TaskId)> {
-        self.tasks.iter().filter(|k| !self.removed.contains(k))
+        self.tasks.iter().filter(|k| !self.is_removed(k))
     }
 
     /// Whether the deque keeps the order that binary searches rely on, its front is live and
-    /// copied right, and every tombstone marks an entry it holds.
-    pub fn is_strictly_sorted(&self) -> bool {
+    /// copied right into `head`, and every tombstone marks an entry it holds.
+    fn is_strictly_sorted(&self, head: &BucketHead) -> bool {
         self.tasks
             .iter()
             .zip(self.tasks.iter().skip(1))
             .all(|(a, b)| a < b)
-            && self.tasks.front() == self.front.as_ref()
-            && self.tasks.front().is_none_or(|f| !self.removed.contains(f))
+            && self.tasks.front().copied() == head.entry()
+            && self.tasks.front().is_none_or(|f| !self.is_removed(f))
             && self
                 .removed
                 .iter()
+                .flat_map(|r| r.iter())
                 .all(|k| self.tasks.binary_search(k).is_ok())
     }
-
-    pub fn first(&self) -> Option<&(Millis, TaskId)> {
-        self.front.as_ref()
-    }
 }
+
+/// How many buckets [`Lane::occupied`] tracks; a lane's buckets past these (more than 64
+/// pairs of priority and ageing in one group) are looked at one by one.
+const TRACKED_BUCKETS: usize = u64::BITS as usize;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Lane {
     pub pool: PoolIdx,
     pub group: GroupIdx,
+    /// Per bucket, what a head search reads; `buckets` holds the rest, at the same index.
+    heads: Vec<BucketHead>,
     pub buckets: Vec<Bucket>,
+    /// Bit `i` is set while bucket `i` (of the first [`TRACKED_BUCKETS`]) holds a task: a
+    /// lane of a few tasks spread over many (priority, ageing) pairs looks only at those.
+    occupied: u64,
     pub queued: u32,
     /// Attempts of this group running in this pool.
     pub running: u32,
@@ -169,12 +230,50 @@ pub(crate) struct Head {
     pub id: TaskId,
 }
 
+/// The indexes of the buckets that may hold a task, in no particular order: the set bits of
+/// a lane's occupied mask, then every untracked bucket (whose head says whether it holds
+/// one). It borrows nothing, so that a caller may change the heads it visits.
+struct Occupied {
+    bits: u64,
+    next_untracked: usize,
+    buckets: usize,
+}
+
+impl Occupied {
+    fn new(occupied: u64, buckets: usize) -> Self {
+        Occupied {
+            bits: occupied,
+            next_untracked: TRACKED_BUCKETS,
+            buckets,
+        }
+    }
+}
+
+impl Iterator for Occupied {
+    type Item = usize;
+
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        if self.bits != 0 {
+            let b = self.bits.trailing_zeros() as usize;
+            self.bits &= self.bits - 1;
+            return Some(b);
+        }
+        (self.next_untracked < self.buckets).then(|| {
+            self.next_untracked += 1;
+            self.next_untracked - 1
+        })
+    }
+}
+
 impl Lane {
     pub fn new(pool: PoolIdx, group: GroupIdx) -> Self {
         Lane {
             pool,
             group,
+            heads: Vec::new(),
             buckets: Vec::new(),
+            occupied: 0,
             queued: 0,
             running: 0,
             key: None,
@@ -187,70 +286,77 @@ impl Lane {
         self.queued > 0 || self.running > 0
     }
 
-    pub fn bucket_for(&mut self, ageing: Ageing, priority: i32, base_score: f64) -> usize {
-        let class = ageing.class_key();
-        if let Some(i) = self
-            .buckets
+    fn find_bucket(&self, ageing: u32, priority: i32) -> Option<usize> {
+        self.heads
             .iter()
-            .position(|b| b.priority == priority && b.class == class)
-        {
-            return i;
-        }
-        self.buckets.push(Bucket {
-            front: None,
-            base_score,
-            ageing,
-            wait_memo: None,
-            priority,
-            class,
-            tasks: VecDeque::new(),
-            removed: Default::default(),
-        });
-        self.buckets.len() - 1
+            .position(|h| h.priority == priority && h.ageing == ageing)
     }
 
+    fn mark_occupancy(&mut self, b: usize) {
+        if b < TRACKED_BUCKETS {
+            if self.heads[b].id != 0 {
+                self.occupied |= 1 << b;
+            } else {
+                self.occupied &= !(1 << b);
+            }
+        }
+    }
+
+    /// Queues task `id` in the bucket of its `ageing` (`ageing_number` in
+    /// `Core::ageings`) and `priority`.
     pub fn insert(
         &mut self,
-        ageing: Ageing,
+        ageing_number: u32,
         priority: i32,
         base_score: f64,
         ready_since: Millis,
         id: TaskId,
     ) {
-        let b = self.bucket_for(ageing, priority, base_score);
-        if self.buckets[b].insert((ready_since, id)) {
+        let b = match self.find_bucket(ageing_number, priority) {
+            Some(b) => b,
+            None => {
+                self.heads
+                    .push(BucketHead::new(ageing_number, priority, base_score));
+                self.buckets.push(Bucket::new());
+                self.heads.len() - 1
+            }
+        };
+        if self.buckets[b].insert((ready_since, id), &mut self.heads[b]) {
             self.queued += 1;
         }
+        self.mark_occupancy(b);
     }
 
     pub fn remove(
         &mut self,
-        ageing: Ageing,
+        ageing_number: u32,
         priority: i32,
         ready_since: Millis,
         id: TaskId,
     ) -> bool {
-        let class = ageing.class_key();
-        for bucket in &mut self.buckets {
-            if bucket.priority == priority
-                && bucket.class == class
-                && bucket.remove((ready_since, id))
-            {
-                self.queued -= 1;
-                return true;
-            }
+        let Some(b) = self.find_bucket(ageing_number, priority) else {
+            return false;
+        };
+        let removed = self.buckets[b].remove((ready_since, id), &mut self.heads[b]);
+        if removed {
+            self.queued -= 1;
+            self.mark_occupancy(b);
         }
-        false
+        removed
     }
 
-    /// The best task at `now`: highest score, then oldest, then lowest id.
-    pub fn head(&self, now: Millis) -> Option<Head> {
+    /// The best task at `now`: highest score, then oldest, then lowest id. `ageings` is
+    /// `Core::ageings`, which the buckets' ageing numbers index.
+    pub fn head(&self, now: Millis, ageings: &[Ageing]) -> Option<Head> {
         let mut best: Option<Head> = None;
-        for bucket in &self.buckets {
-            let Some(&(ready_since, id)) = bucket.first() else {
+        for b in Occupied::new(self.occupied, self.heads.len()) {
+            let h = &self.heads[b];
+            if h.id == 0 {
                 continue;
-            };
-            let score = bucket.base_score + bucket.ageing.boost(now.saturating_sub(ready_since));
+            }
+            let (ready_since, id) = (h.ready_since, h.id);
+            let score =
+                h.base_score + ageings[h.ageing as usize].boost(now.saturating_sub(ready_since));
             let better = match best {
                 None => true,
                 Some(b) => {
@@ -270,28 +376,63 @@ impl Lane {
     }
 
     /// The earliest time after `now` at which some bucket head's score reaches
-    /// `threshold - bonus`, i.e. at which the lane's level may rise.
-    pub fn next_level_change(&mut self, now: Millis, next_level_score: f64) -> Option<Millis> {
+    /// `next_level_score`, i.e. at which the lane's level may rise.
+    pub fn next_level_change(
+        &mut self,
+        now: Millis,
+        next_level_score: f64,
+        ageings: &[Ageing],
+    ) -> Option<Millis> {
         let mut earliest: Option<Millis> = None;
-        for bucket in &mut self.buckets {
-            let Some(&(ready_since, _)) = bucket.first() else {
+        for b in Occupied::new(self.occupied, self.heads.len()) {
+            let h = &mut self.heads[b];
+            if h.id == 0 {
                 continue;
-            };
-            let needed = next_level_score - bucket.base_score;
-            let wait = match bucket.wait_memo {
-                Some((bits, wait)) if bits == needed.to_bits() => wait,
-                _ => {
-                    let wait = bucket.ageing.wait_to_reach(needed);
-                    bucket.wait_memo = Some((needed.to_bits(), wait));
-                    wait
-                }
-            };
+            }
+            let needed = next_level_score - h.base_score;
+            let wait = h.wait_to_reach(needed, ageings);
             if let Some(wait) = wait {
-                let at = ready_since.saturating_add(wait).max(now + 1);
+                let at = h.ready_since.saturating_add(wait).max(now + 1);
                 earliest = Some(earliest.map_or(at, |e: Millis| e.min(at)));
             }
         }
         earliest
+    }
+
+    /// Every queued task of the lane with its score at `now`, as (score, ready time, id), in
+    /// no particular order. `ageings` is `Core::ageings`.
+    pub fn scored_tasks<'a>(
+        &'a self,
+        now: Millis,
+        ageings: &'a [Ageing],
+    ) -> impl Iterator<Item = (f64, Millis, TaskId)> + 'a {
+        self.buckets
+            .iter()
+            .zip(&self.heads)
+            .flat_map(move |(b, h)| {
+                let ageing = ageings[h.ageing as usize];
+                b.iter().map(move |&(ready, id)| {
+                    (
+                        h.base_score + ageing.boost(now.saturating_sub(ready)),
+                        ready,
+                        id,
+                    )
+                })
+            })
+    }
+
+    /// Whether every bucket is sorted with its head copied right (see
+    /// [`Bucket::is_strictly_sorted`]), and the occupied bits match the buckets.
+    pub fn buckets_consistent(&self) -> bool {
+        self.buckets
+            .iter()
+            .zip(&self.heads)
+            .all(|(b, h)| b.is_strictly_sorted(h))
+            && self
+                .heads
+                .iter()
+                .enumerate()
+                .all(|(i, h)| i >= TRACKED_BUCKETS || (self.occupied >> i & 1 == 1) == (h.id != 0))
     }
 }
 
@@ -305,55 +446,56 @@ pub(crate) fn order_bits(x: f64) -> u64 {
 mod tests {
     use super::*;
 
-    fn bucket() -> Bucket {
-        Bucket {
-            front: None,
-            base_score: 0.0,
-            ageing: Ageing::None,
-            wait_memo: None,
-            priority: 0,
-            class: Ageing::None.class_key(),
-            tasks: VecDeque::new(),
-            removed: Default::default(),
-        }
+    fn bucket() -> (Bucket, BucketHead) {
+        let head = BucketHead::new(0, 0, 0.0);
+        (Bucket::new(), head)
     }
 
     #[test]
     fn removals_in_the_middle_leave_tombstones_that_never_show() {
-        let mut b = bucket();
+        let (mut b, mut h) = bucket();
         for id in 1..=10 {
-            assert!(b.insert((id * 10, id)));
+            assert!(b.insert((id * 10, id), &mut h));
         }
-        assert!(b.remove((50, 5)));
-        assert!(!b.remove((50, 5)), "a second removal finds nothing");
+        assert!(b.remove((50, 5), &mut h));
+        assert!(!b.remove((50, 5), &mut h), "a second removal finds nothing");
         assert!(!b.contains((50, 5)));
-        assert!(b.remove((20, 2)));
-        assert!(b.remove((10, 1)), "removing the front");
+        assert!(b.remove((20, 2), &mut h));
+        assert!(b.remove((10, 1), &mut h), "removing the front");
         assert_eq!(
-            b.first(),
-            Some(&(30, 3)),
+            h.entry(),
+            Some((30, 3)),
             "the tombstone behind the front left too"
         );
         let live: Vec<TaskId> = b.iter().map(|&(_, id)| id).collect();
         assert_eq!(live, vec![3, 4, 6, 7, 8, 9, 10]);
-        assert!(b.insert((50, 5)), "a task may come back with the same key");
+        assert!(
+            b.insert((50, 5), &mut h),
+            "a task may come back with the same key"
+        );
         assert!(b.contains((50, 5)));
         assert!(
-            b.insert((35, 11)),
+            b.insert((35, 11), &mut h),
             "an insert in the middle keeps the order"
         );
-        assert!(b.is_strictly_sorted());
+        assert!(b.is_strictly_sorted(&h));
         let live: Vec<TaskId> = b.iter().map(|&(_, id)| id).collect();
         assert_eq!(live, vec![3, 11, 4, 5, 6, 7, 8, 9, 10]);
     }
 
     /// The earliest level change computed from scratch, without the memo.
-    fn fresh_level_change(lane: &Lane, now: Millis, next_level_score: f64) -> Option<Millis> {
-        lane.buckets
+    fn fresh_level_change(
+        lane: &Lane,
+        now: Millis,
+        next_level_score: f64,
+        ageings: &[Ageing],
+    ) -> Option<Millis> {
+        lane.heads
             .iter()
-            .filter_map(|b| {
-                let &(ready_since, _) = b.first()?;
-                let wait = b.ageing.wait_to_reach(next_level_score - b.base_score)?;
+            .filter_map(|h| {
+                let (ready_since, _) = h.entry()?;
+                let wait =
+                    ageings[h.ageing as usize].wait_to_reach(next_level_score - h.base_score)?;
                 Some(ready_since.saturating_add(wait).max(now + 1))
             })
             .min()
@@ -371,27 +513,83 @@ mod tests {
             increment: 0.5,
             cap: 4.0,
         };
-        lane.insert(linear, 0, 0.0, 1_000, 1);
-        lane.insert(step, 2, 2.0, 2_000, 2);
-        lane.insert(linear, 1, 1.0, 3_000, 3);
+        let ageings = [linear, step];
+        lane.insert(0, 0, 0.0, 1_000, 1);
+        lane.insert(1, 2, 2.0, 2_000, 2);
+        lane.insert(0, 1, 1.0, 3_000, 3);
         let thresholds = [1.0, 3.0, 1.0, 2.5, 2.5, 12.0, 1.0];
         for (i, &threshold) in thresholds.iter().enumerate() {
             let now = 4_000 + i as Millis * 1_000;
             if i == 3 {
                 // A new head in one bucket: the remembered wait is relative, so it holds.
-                lane.buckets[0].remove((1_000, 1));
-                lane.insert(linear, 0, 0.0, 5_500, 4);
+                assert!(lane.remove(0, 0, 1_000, 1));
+                lane.insert(0, 0, 0.0, 5_500, 4);
             }
-            let expected = fresh_level_change(&lane, now, threshold);
+            let expected = fresh_level_change(&lane, now, threshold, &ageings);
             assert_eq!(
-                lane.next_level_change(now, threshold),
+                lane.next_level_change(now, threshold, &ageings),
                 expected,
                 "threshold {threshold} at step {i}"
             );
         }
         assert!(
-            fresh_level_change(&lane, 4_000, 12.0).is_none(),
+            fresh_level_change(&lane, 4_000, 12.0, &ageings).is_none(),
             "above every cap, no level change comes"
         );
+    }
+
+    /// The head found by reading every task of every bucket.
+    fn brute_force_head(lane: &Lane, now: Millis, ageings: &[Ageing]) -> Option<TaskId> {
+        lane.scored_tasks(now, ageings)
+            .max_by(|a, b| a.0.total_cmp(&b.0).then((b.1, b.2).cmp(&(a.1, a.2))))
+            .map(|(_, _, id)| id)
+    }
+
+    #[test]
+    fn heads_past_the_tracked_buckets_are_found_too() {
+        let linear = Ageing::Linear {
+            per_minute: 60.0,
+            cap: 100.0,
+        };
+        let ageings = [Ageing::None, linear];
+        let mut lane = Lane::new(0, 0);
+        // 70 priorities, the oldest tasks in the lowest: ageing lets them overtake.
+        let mut id = 0;
+        for priority in 0..70 {
+            for ready in 0..2 {
+                id += 1;
+                let number = (priority % 2) as u32;
+                let ready_since = 1_000 * (70 - priority) as Millis + ready;
+                lane.insert(number, priority, f64::from(priority), ready_since, id);
+            }
+        }
+        assert!(lane.heads.len() > TRACKED_BUCKETS);
+        assert!(lane.buckets_consistent());
+        for now in [70_000, 100_000, 400_000] {
+            assert_eq!(
+                lane.head(now, &ageings).map(|h| h.id),
+                brute_force_head(&lane, now, &ageings),
+                "at {now}"
+            );
+        }
+        // Empty the buckets one by one from the top, the untracked ones first.
+        for priority in (0..70).rev() {
+            let first = 2 * priority as TaskId + 1;
+            let ready_since = 1_000 * (70 - priority) as Millis;
+            let number = (priority % 2) as u32;
+            assert!(lane.remove(number, priority, ready_since, first));
+            assert!(lane.remove(number, priority, ready_since + 1, first + 1));
+            assert!(
+                lane.buckets_consistent(),
+                "after emptying priority {priority}"
+            );
+            assert_eq!(
+                lane.head(200_000, &ageings).map(|h| h.id),
+                brute_force_head(&lane, 200_000, &ageings),
+                "after emptying priority {priority}"
+            );
+        }
+        assert_eq!(lane.queued, 0);
+        assert!(lane.head(0, &ageings).is_none());
     }
 }

@@ -74,6 +74,11 @@ impl<T: Copy, K: std::hash::Hash + Eq> Shared<T, K> {
     pub fn get(&self, number: u32) -> T {
         self.values[number as usize]
     }
+
+    /// Every value, indexed by its number.
+    pub fn values(&self) -> &[T] {
+        &self.values
+    }
 }
 
 /// A backoff's bit-exact identity.
@@ -747,7 +752,7 @@ impl Core {
             return None;
         }
         let lane = self.choose_lane(p)?;
-        let head = self.lanes[lane as usize].head(self.now)?;
+        let head = self.lanes[lane as usize].head(self.now, self.ageings.values())?;
         let id = head.id;
         let attempt = self.tasks[idx(id)].attempt + 1;
         let pool = self.pools[p as usize].name.clone();
@@ -1974,7 +1979,7 @@ impl Core {
     fn enqueue(&mut self, id: TaskId) {
         let t = &self.tasks[idx(id)];
         let (lane, priority, score) = (t.lane, t.priority, t.base_score);
-        let ageing = self.ageings.get(t.ageing);
+        let ageing = t.ageing;
         let ready = t.ready_since.unwrap_or(self.now);
         let was = self.lanes[lane as usize].contends();
         self.lanes[lane as usize].insert(ageing, priority, score, ready, id);
@@ -1987,8 +1992,7 @@ impl Core {
 
     fn dequeue(&mut self, id: TaskId) {
         let t = &self.tasks[idx(id)];
-        let (lane, priority) = (t.lane, t.priority);
-        let ageing = self.ageings.get(t.ageing);
+        let (lane, priority, ageing) = (t.lane, t.priority, t.ageing);
         let ready = t.ready_since.unwrap_or(self.now);
         let was = self.lanes[lane as usize].contends();
         if self.lanes[lane as usize].remove(ageing, priority, ready, id) {
@@ -2056,7 +2060,7 @@ impl Core {
         let mut new_key = None;
         let mut new_timer = None;
         if lane.queued > 0 && under_cap {
-            if let Some(head) = lane.head(now) {
+            if let Some(head) = lane.head(now, self.ageings.values()) {
                 let bonus = self
                     .policy
                     .group_bonus(group.usage_at_charge, group.config.weight);
@@ -2074,7 +2078,7 @@ impl Core {
                     lane: lane_idx,
                 });
                 let next_level_score = self.policy.level_start(level + 1) - bonus;
-                new_timer = lane.next_level_change(now, next_level_score);
+                new_timer = lane.next_level_change(now, next_level_score, self.ageings.values());
             }
         }
         lane.key = new_key;
