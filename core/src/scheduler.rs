@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 type HashMap<K, V> = rustc_hash::FxHashMap<K, V>;
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -413,14 +414,16 @@ pub struct Core {
     journal: Vec<Event>,
     interrupts: Vec<Interrupt>,
     pub(crate) pools: Vec<Pool>,
-    pool_ids: HashMap<Arc<str>, PoolIdx>,
+    /// Name lookups keep the names inline (up to 24 bytes), so that a hit compares within
+    /// the table instead of following a pointer to a name no longer in cache.
+    pool_ids: HashMap<CompactString, PoolIdx>,
     pub(crate) groups: Vec<Group>,
-    group_ids: HashMap<Arc<str>, GroupIdx>,
+    group_ids: HashMap<CompactString, GroupIdx>,
     pub(crate) lanes: Vec<Lane>,
     lane_ids: HashMap<(PoolIdx, GroupIdx), LaneIdx>,
     /// Handler names, numbered by first use.
     pub(crate) kinds: Vec<Arc<str>>,
-    kind_numbers: HashMap<Arc<str>, u32>,
+    kind_numbers: HashMap<CompactString, u32>,
     pub(crate) dedup: HashMap<Box<str>, TaskId>,
     pub(crate) dep_groups: HashMap<Arc<str>, DepGroup>,
     /// Running attempts by the time the core acts on them: the deadline, or (once
@@ -2116,9 +2119,9 @@ impl Core {
             return p;
         }
         let p = self.pools.len() as PoolIdx;
-        let name: Arc<str> = Arc::from(name);
+        self.pool_ids.insert(CompactString::from(name), p);
         self.pools.push(Pool {
-            name: name.clone(),
+            name: Arc::from(name),
             slots: self.config.default_pool_slots,
             running: 0,
             queued: 0,
@@ -2126,7 +2129,6 @@ impl Core {
             contending_weight: 0,
             over_slots_assignment: false,
         });
-        self.pool_ids.insert(name, p);
         p
     }
 
@@ -2135,9 +2137,9 @@ impl Core {
             return g;
         }
         let g = self.groups.len() as GroupIdx;
-        let name: Arc<str> = Arc::from(name);
+        self.group_ids.insert(CompactString::from(name), g);
         self.groups.push(Group {
-            name: name.clone(),
+            name: Arc::from(name),
             config: self.config.default_group,
             running: 0,
             queued: 0,
@@ -2148,7 +2150,6 @@ impl Core {
             lanes: Vec::new(),
             over_cap_assignment: false,
         });
-        self.group_ids.insert(name, g);
         g
     }
 
@@ -2167,10 +2168,9 @@ impl Core {
         if let Some(&k) = self.kind_numbers.get(kind) {
             return k;
         }
-        let name: Arc<str> = Arc::from(kind);
         let k = self.kinds.len() as u32;
-        self.kinds.push(name.clone());
-        self.kind_numbers.insert(name, k);
+        self.kinds.push(Arc::from(kind));
+        self.kind_numbers.insert(CompactString::from(kind), k);
         k
     }
 
