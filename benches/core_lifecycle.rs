@@ -6,9 +6,10 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
-use compact_str::format_compact;
+use compact_str::{format_compact, CompactString};
 use criterion::{criterion_group, BatchSize, Criterion};
 use handyman_core::{
     Ageing, AttemptOutcome, Core, CoreConfig, Event, GroupConfig, Report, TaskSpec, DEFAULT_POOL,
@@ -49,10 +50,18 @@ fn mix(i: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// The groups' names, made once: a driver gets a task's group name with its request, it does
+/// not format one (formatting it here cost ~6% of a lifecycle's instructions).
+static GROUP_NAMES: LazyLock<Vec<CompactString>> = LazyLock::new(|| {
+    (0..GROUPS)
+        .map(|g| format_compact!("pipeline-{g}"))
+        .collect()
+});
+
 fn spec(i: u64) -> TaskSpec {
     let r = mix(i);
     let mut spec = TaskSpec::new("noop")
-        .group(format_compact!("pipeline-{}", r % GROUPS))
+        .group(GROUP_NAMES[(r % GROUPS) as usize].clone())
         .priority((r >> 20) as i32 % 5);
     if r & 1 == 0 {
         spec = spec.ageing(Ageing::Linear {
@@ -77,7 +86,7 @@ fn standing_queue(queued: u64) -> Bench {
     for g in 0..GROUPS {
         core.configure_group(
             0,
-            &format!("pipeline-{g}"),
+            &GROUP_NAMES[g as usize],
             GroupConfig {
                 weight: 1 + (g % 3) as u32,
                 cap: 4,
@@ -119,11 +128,12 @@ impl Bench {
                 Report::Finished(AttemptOutcome::Success { output: Vec::new() }),
             )
             .expect("current attempt");
-        if self.core.pending_events() > 4096 {
-            // A driver persists the events, then lets them go.
-            self.core.drain_journal_into(&mut self.drained);
-            self.drained.clear();
-        }
+        // As the core's contract asks of a driver, and as the host and the simulator do:
+        // after its inputs, take the events, persist them, let them go (here after each
+        // lifecycle; draining every 4,096 events instead let them go cold first, ~10 more
+        // L2 misses per lifecycle).
+        self.core.drain_journal_into(&mut self.drained);
+        self.drained.clear();
     }
 }
 
