@@ -226,9 +226,11 @@ impl Core {
                 );
             }
             // Membership above is a binary search: it means something only while each
-            // bucket stays sorted.
+            // bucket stays sorted. A head search reads only the buckets' heads and
+            // occupied bits, so they must agree with the buckets.
             if !lane.buckets_consistent() {
-                v(1, None, format!("lane {l} has a bucket out of order"));
+                let problem = "a bucket out of order, or a head or occupied bit off its bucket";
+                v(1, None, format!("lane {l} has {problem}"));
             }
         }
         // The fair-share floor: every active group is filed once, never past its usage.
