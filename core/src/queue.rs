@@ -86,6 +86,11 @@ impl BucketHead {
         (self.memo_wait != Millis::MAX).then_some(self.memo_wait)
     }
 
+    /// The score at `now` of a task of this bucket ready since `ready_since`.
+    fn score_of(&self, ready_since: Millis, now: Millis, ageings: &[Ageing]) -> f64 {
+        self.base_score + ageings[self.ageing as usize].boost(now.saturating_sub(ready_since))
+    }
+
     fn entry(&self) -> Option<(Millis, TaskId)> {
         (self.id != 0).then_some((self.ready_since, self.id))
     }
@@ -355,8 +360,7 @@ impl Lane {
                 continue;
             }
             let (ready_since, id) = (h.ready_since, h.id);
-            let score =
-                h.base_score + ageings[h.ageing as usize].boost(now.saturating_sub(ready_since));
+            let score = h.score_of(ready_since, now, ageings);
             let better = match best {
                 None => true,
                 Some(b) => {
@@ -410,14 +414,8 @@ impl Lane {
             .iter()
             .zip(&self.heads)
             .flat_map(move |(b, h)| {
-                let ageing = ageings[h.ageing as usize];
-                b.iter().map(move |&(ready, id)| {
-                    (
-                        h.base_score + ageing.boost(now.saturating_sub(ready)),
-                        ready,
-                        id,
-                    )
-                })
+                b.iter()
+                    .map(move |&(ready, id)| (h.score_of(ready, now, ageings), ready, id))
             })
     }
 
