@@ -60,10 +60,10 @@ impl Core {
             let id = i as TaskId + 1;
             *counts.slot(t.state) += 1;
             // 1. exactly one state, with the structures that state implies
-            let in_queue = self.lanes[t.lane as usize]
-                .buckets
-                .iter()
-                .any(|b| t.ready_since.get().is_some_and(|r| b.contains((r, id))));
+            let in_queue = t
+                .ready_since
+                .get()
+                .is_some_and(|r| self.lanes[t.lane as usize].contains(r, id));
             if (t.state == TaskState::Queued) != in_queue {
                 v(
                     1,

@@ -13,7 +13,9 @@
 //!   O(log n) each; tombstones leave as they reach the front.
 //! - A lane keeps its buckets' heads (least entry, base score, ageing) in a compact array
 //!   apart from the deques, with a bit per bucket that holds a task: a head search reads
-//!   the heads of the occupied buckets only, a few cache lines per lane.
+//!   the heads of the occupied buckets only, a few cache lines per lane. A bucket's deque
+//!   holds only the entries behind its front, and a second bit says whether there are any:
+//!   queuing into an empty bucket and taking a bucket's only task touch its head alone.
 //! - Each pool keeps its lanes in a `BTreeSet` ordered by [`LaneKey`]: level (the best head's
 //!   aged score, with the policy's group bonus), then usage per weight (fair share), then the
 //!   head's age. A lane's level only changes at a time the index computes in advance from the
@@ -100,14 +102,17 @@ impl BucketHead {
     }
 }
 
-/// A lane's bucket: its tasks in order. Its head and identity live in the lane's
-/// [`BucketHead`] of the same index.
+/// A lane's bucket: its tasks after the front, in order. The front (the bucket's least
+/// entry) lives in the lane's [`BucketHead`] of the same index, so that a bucket of one task,
+/// the usual case in a lane spread over many (priority, ageing) pairs, is queued and taken
+/// without reading the bucket at all.
 #[derive(Debug, Clone)]
 pub(crate) struct Bucket {
-    /// Sorted by (ready time, id), without duplicates; may hold tombstones, never at the
-    /// front. Read it through [`Bucket::iter`].
-    tasks: VecDeque<(Millis, TaskId)>,
-    /// Entries of `tasks` that were removed, if any ever were (a cancel of a task in the
+    /// The entries behind the front, sorted by (ready time, id), without duplicates, all
+    /// greater than the front; may hold tombstones anywhere. Empty while the bucket is.
+    /// Read it through [`Bucket::iter`].
+    rest: VecDeque<(Millis, TaskId)>,
+    /// Entries of `rest` that were removed, if any ever were (a cancel of a task in the
     /// middle of its bucket). Only asked about, never iterated. Boxed, as few buckets ever
     /// need it: it keeps a bucket to the deque and a pointer, 40 bytes.
     removed: Option<Box<rustc_hash::FxHashSet<(Millis, TaskId)>>>,
@@ -116,7 +121,7 @@ pub(crate) struct Bucket {
 impl Bucket {
     fn new() -> Bucket {
         Bucket {
-            tasks: VecDeque::new(),
+            rest: VecDeque::new(),
             removed: None,
         }
     }
@@ -125,80 +130,96 @@ impl Bucket {
         self.removed.as_ref().is_some_and(|r| r.contains(key))
     }
 
+    /// Queues `key` in a bucket whose front is `head`'s entry. False if it was already
+    /// queued.
     fn insert(&mut self, key: (Millis, TaskId), head: &mut BucketHead) -> bool {
-        // The front is the least entry, and a tombstone brought back is never the least.
-        if head.entry().is_none_or(|front| key < front) {
+        let Some(front) = head.entry() else {
             head.set_entry(Some(key));
+            return true;
+        };
+        if key == front {
+            return false;
         }
-        match self.tasks.back() {
-            None => {
-                self.tasks.push_back(key);
-                true
-            }
-            Some(&last) if last < key => {
-                self.tasks.push_back(key);
-                true
-            }
-            Some(_) => match self.tasks.binary_search(&key) {
+        if key < front {
+            self.rest.push_front(front);
+            head.set_entry(Some(key));
+            return true;
+        }
+        match self.rest.back() {
+            Some(&last) if last >= key => match self.rest.binary_search(&key) {
                 Ok(_) => self.removed.as_mut().is_some_and(|r| r.remove(&key)),
                 Err(at) => {
-                    self.tasks.insert(at, key);
+                    self.rest.insert(at, key);
                     true
                 }
             },
+            _ => {
+                self.rest.push_back(key);
+                true
+            }
         }
     }
 
+    /// Takes `key` out of a bucket whose front is `head`'s entry. False if it was not
+    /// queued there.
     fn remove(&mut self, key: (Millis, TaskId), head: &mut BucketHead) -> bool {
         if head.entry() == Some(key) {
-            self.tasks.pop_front();
-            self.drop_front_tombstones();
-            head.set_entry(self.tasks.front().copied());
+            head.set_entry(self.take_front());
             return true;
         }
-        if self.tasks.back() == Some(&key) {
+        if self.rest.back() == Some(&key) && !self.is_removed(&key) {
             // Not the front, so something stays in front of it.
-            self.tasks.pop_back();
+            self.rest.pop_back();
             return true;
         }
-        self.tasks.binary_search(&key).is_ok() && self.removed.get_or_insert_default().insert(key)
+        self.rest.binary_search(&key).is_ok() && self.removed.get_or_insert_default().insert(key)
     }
 
-    fn drop_front_tombstones(&mut self) {
-        let Some(removed) = self.removed.as_mut() else {
-            return;
-        };
-        while let Some(front) = self.tasks.front() {
-            if !removed.remove(front) {
-                break;
+    /// Removes and returns the least live entry behind the front, dropping the tombstones
+    /// before it.
+    fn take_front(&mut self) -> Option<(Millis, TaskId)> {
+        while let Some(front) = self.rest.pop_front() {
+            if !self.removed.as_mut().is_some_and(|r| r.remove(&front)) {
+                return Some(front);
             }
-            self.tasks.pop_front();
         }
+        None
     }
 
-    pub fn contains(&self, key: (Millis, TaskId)) -> bool {
-        self.tasks.binary_search(&key).is_ok() && !self.is_removed(&key)
+    fn has_rest(&self) -> bool {
+        !self.rest.is_empty()
+    }
+
+    fn contains(&self, key: (Millis, TaskId), head: &BucketHead) -> bool {
+        head.entry() == Some(key)
+            || (self.rest.binary_search(&key).is_ok() && !self.is_removed(&key))
     }
 
     /// The live entries, oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = &(Millis, TaskId)> {
-        self.tasks.iter().filter(|k| !self.is_removed(k))
+    fn iter<'a>(&'a self, head: &BucketHead) -> impl Iterator<Item = (Millis, TaskId)> + 'a {
+        head.entry()
+            .into_iter()
+            .chain(self.rest.iter().copied().filter(|k| !self.is_removed(k)))
     }
 
-    /// Whether the deque keeps the order that binary searches rely on, its front is live and
-    /// copied right into `head`, and every tombstone marks an entry it holds.
+    /// Whether the entries behind the front keep the order that binary searches rely on and
+    /// follow the front, an empty bucket holds nothing behind it, and every tombstone marks
+    /// an entry it holds.
     fn is_strictly_sorted(&self, head: &BucketHead) -> bool {
-        self.tasks
+        self.rest
             .iter()
-            .zip(self.tasks.iter().skip(1))
+            .zip(self.rest.iter().skip(1))
             .all(|(a, b)| a < b)
-            && self.tasks.front().copied() == head.entry()
-            && self.tasks.front().is_none_or(|f| !self.is_removed(f))
+            && match (head.entry(), self.rest.front()) {
+                (Some(front), Some(next)) => front < *next,
+                (None, Some(_)) => false,
+                (_, None) => true,
+            }
             && self
                 .removed
                 .iter()
                 .flat_map(|r| r.iter())
-                .all(|k| self.tasks.binary_search(k).is_ok())
+                .all(|k| self.rest.binary_search(k).is_ok())
     }
 }
 
@@ -212,10 +233,13 @@ pub(crate) struct Lane {
     pub group: GroupIdx,
     /// Per bucket, what a head search reads; `buckets` holds the rest, at the same index.
     heads: Vec<BucketHead>,
-    pub buckets: Vec<Bucket>,
+    buckets: Vec<Bucket>,
     /// Bit `i` is set while bucket `i` (of the first [`TRACKED_BUCKETS`]) holds a task: a
     /// lane of a few tasks spread over many (priority, ageing) pairs looks only at those.
     occupied: u64,
+    /// Bit `i` is set while bucket `i` (of the first [`TRACKED_BUCKETS`]) holds entries
+    /// behind its front: taking the front of a bucket without one needs only its head.
+    crowded: u64,
     pub queued: u32,
     /// Attempts of this group running in this pool.
     pub running: u32,
@@ -279,6 +303,7 @@ impl Lane {
             heads: Vec::new(),
             buckets: Vec::new(),
             occupied: 0,
+            crowded: 0,
             queued: 0,
             running: 0,
             key: None,
@@ -307,6 +332,29 @@ impl Lane {
         }
     }
 
+    fn mark_crowding(&mut self, b: usize) {
+        if b < TRACKED_BUCKETS {
+            if self.buckets[b].has_rest() {
+                self.crowded |= 1 << b;
+            } else {
+                self.crowded &= !(1 << b);
+            }
+        }
+    }
+
+    /// Whether bucket `b` may hold entries behind its front.
+    fn may_be_crowded(&self, b: usize) -> bool {
+        b >= TRACKED_BUCKETS || self.crowded >> b & 1 == 1
+    }
+
+    /// Whether task `id`, ready since `ready_since`, is queued in this lane.
+    pub fn contains(&self, ready_since: Millis, id: TaskId) -> bool {
+        self.buckets
+            .iter()
+            .zip(&self.heads)
+            .any(|(b, h)| b.contains((ready_since, id), h))
+    }
+
     /// Queues task `id` in the bucket of its `ageing` (`ageing_number` in
     /// `Core::ageings`) and `priority`.
     pub fn insert(
@@ -326,10 +374,18 @@ impl Lane {
                 self.heads.len() - 1
             }
         };
-        if self.buckets[b].insert((ready_since, id), &mut self.heads[b]) {
+        let key = (ready_since, id);
+        if self.heads[b].id == 0 {
+            // An empty bucket holds nothing behind its front: only its head changes.
+            self.heads[b].set_entry(Some(key));
+            self.queued += 1;
+            self.mark_occupancy(b);
+            return;
+        }
+        if self.buckets[b].insert(key, &mut self.heads[b]) {
             self.queued += 1;
         }
-        self.mark_occupancy(b);
+        self.mark_crowding(b);
     }
 
     pub fn remove(
@@ -342,10 +398,18 @@ impl Lane {
         let Some(b) = self.find_bucket(ageing_number, priority) else {
             return false;
         };
-        let removed = self.buckets[b].remove((ready_since, id), &mut self.heads[b]);
+        let key = (ready_since, id);
+        if self.heads[b].entry() == Some(key) && !self.may_be_crowded(b) {
+            self.heads[b].set_entry(None);
+            self.queued -= 1;
+            self.mark_occupancy(b);
+            return true;
+        }
+        let removed = self.buckets[b].remove(key, &mut self.heads[b]);
         if removed {
             self.queued -= 1;
             self.mark_occupancy(b);
+            self.mark_crowding(b);
         }
         removed
     }
@@ -414,13 +478,13 @@ impl Lane {
             .iter()
             .zip(&self.heads)
             .flat_map(move |(b, h)| {
-                b.iter()
-                    .map(move |&(ready, id)| (h.score_of(ready, now, ageings), ready, id))
+                b.iter(h)
+                    .map(move |(ready, id)| (h.score_of(ready, now, ageings), ready, id))
             })
     }
 
-    /// Whether every bucket is sorted with its head copied right (see
-    /// [`Bucket::is_strictly_sorted`]), and the occupied bits match the buckets.
+    /// Whether every bucket is sorted behind its front (see [`Bucket::is_strictly_sorted`]),
+    /// and the occupied and crowded bits match the buckets.
     pub fn buckets_consistent(&self) -> bool {
         self.buckets
             .iter()
@@ -429,8 +493,13 @@ impl Lane {
             && self
                 .heads
                 .iter()
+                .zip(&self.buckets)
                 .enumerate()
-                .all(|(i, h)| i >= TRACKED_BUCKETS || (self.occupied >> i & 1 == 1) == (h.id != 0))
+                .all(|(i, (h, b))| {
+                    i >= TRACKED_BUCKETS
+                        || ((self.occupied >> i & 1 == 1) == (h.id != 0)
+                            && (self.crowded >> i & 1 == 1) == b.has_rest())
+                })
     }
 }
 
@@ -457,7 +526,7 @@ mod tests {
         }
         assert!(b.remove((50, 5), &mut h));
         assert!(!b.remove((50, 5), &mut h), "a second removal finds nothing");
-        assert!(!b.contains((50, 5)));
+        assert!(!b.contains((50, 5), &h));
         assert!(b.remove((20, 2), &mut h));
         assert!(b.remove((10, 1), &mut h), "removing the front");
         assert_eq!(
@@ -465,19 +534,19 @@ mod tests {
             Some((30, 3)),
             "the tombstone behind the front left too"
         );
-        let live: Vec<TaskId> = b.iter().map(|&(_, id)| id).collect();
+        let live: Vec<TaskId> = b.iter(&h).map(|(_, id)| id).collect();
         assert_eq!(live, vec![3, 4, 6, 7, 8, 9, 10]);
         assert!(
             b.insert((50, 5), &mut h),
             "a task may come back with the same key"
         );
-        assert!(b.contains((50, 5)));
+        assert!(b.contains((50, 5), &h));
         assert!(
             b.insert((35, 11), &mut h),
             "an insert in the middle keeps the order"
         );
         assert!(b.is_strictly_sorted(&h));
-        let live: Vec<TaskId> = b.iter().map(|&(_, id)| id).collect();
+        let live: Vec<TaskId> = b.iter(&h).map(|(_, id)| id).collect();
         assert_eq!(live, vec![3, 11, 4, 5, 6, 7, 8, 9, 10]);
     }
 
@@ -589,5 +658,45 @@ mod tests {
         }
         assert_eq!(lane.queued, 0);
         assert!(lane.head(0, &ageings).is_none());
+    }
+
+    proptest::proptest! {
+        /// Inserts and removals in any order, at the front, the back and the middle of
+        /// buckets of one task and of many, agree with a plain set of the queued tasks.
+        #[test]
+        fn a_lane_agrees_with_a_set_of_its_tasks(
+            ops in proptest::collection::vec((proptest::bool::ANY, 1u64..40), 1..300)
+        ) {
+            let ageings = [Ageing::None, Ageing::Linear { per_minute: 60.0, cap: 5.0 }];
+            let mut lane = Lane::new(0, 0);
+            let mut model = std::collections::BTreeSet::new();
+            for (insert, id) in ops {
+                // A task's id fixes its bucket and its ready time, as in the core; ready times
+                // out of id order make inserts land at the front and in the middle too.
+                let (ageing, priority) = ((id % 2) as u32, (id / 2 % 3) as i32);
+                let ready_since = id * 7 % 23;
+                if insert {
+                    let was_new = model.insert((ready_since, id));
+                    let before = lane.queued;
+                    lane.insert(ageing, priority, f64::from(priority), ready_since, id);
+                    proptest::prop_assert_eq!(lane.queued, before + u32::from(was_new));
+                } else {
+                    let was_queued = model.remove(&(ready_since, id));
+                    proptest::prop_assert_eq!(lane.remove(ageing, priority, ready_since, id), was_queued);
+                }
+                proptest::prop_assert!(lane.buckets_consistent());
+                let queued: std::collections::BTreeSet<(Millis, TaskId)> =
+                    lane.scored_tasks(0, &ageings).map(|(_, ready, id)| (ready, id)).collect();
+                proptest::prop_assert_eq!(&queued, &model);
+                proptest::prop_assert_eq!(lane.queued as usize, model.len());
+                for &(ready, id) in &model {
+                    proptest::prop_assert!(lane.contains(ready, id));
+                }
+                proptest::prop_assert_eq!(
+                    lane.head(90_000, &ageings).map(|h| h.id),
+                    brute_force_head(&lane, 90_000, &ageings)
+                );
+            }
+        }
     }
 }
