@@ -16,6 +16,7 @@ use std::sync::Arc;
 use compact_str::CompactString;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use smallvec::SmallVec;
 
 use crate::ageing::{Ageing, AgeingClassKey};
 use crate::journal::{AttemptOutcome, Event, EventKind, InterruptReason};
@@ -270,6 +271,10 @@ pub(crate) struct TaskExtra {
     pub parent: Option<TaskId>,
 }
 
+/// How many lanes a group keeps inline; a group in more pools finds its lanes in
+/// `Core::lane_ids`.
+const GROUP_LANES_INLINE: usize = 4;
+
 #[derive(Debug, Clone)]
 pub(crate) struct Group {
     pub name: Arc<str>,
@@ -286,7 +291,9 @@ pub(crate) struct Group {
     /// This group's key in `Core::active_usage` while it is active: its stored usage as of
     /// when it was filed there, which later charges may have outgrown.
     pub usage_key: u64,
-    pub lanes: Vec<LaneIdx>,
+    /// One per pool the group has had work in; nearly always one or two, kept inline so that
+    /// finding the lane of a submitted task reads no memory of its own.
+    pub lanes: SmallVec<[LaneIdx; GROUP_LANES_INLINE]>,
     /// An attempt was assigned while the group was at its cap (only with an injected bug).
     pub over_cap_assignment: bool,
 }
@@ -420,6 +427,8 @@ pub struct Core {
     pub(crate) groups: Vec<Group>,
     group_ids: HashMap<CompactString, GroupIdx>,
     pub(crate) lanes: Vec<Lane>,
+    /// Every lane by pool and group; asked only for groups with more lanes than they keep
+    /// inline.
     lane_ids: HashMap<(PoolIdx, GroupIdx), LaneIdx>,
     /// Handler names, numbered by first use.
     pub(crate) kinds: Vec<Arc<str>>,
@@ -2147,14 +2156,23 @@ impl Core {
             usage: 0.0,
             usage_at_charge: 0.0,
             usage_key: 0,
-            lanes: Vec::new(),
+            lanes: SmallVec::new(),
             over_cap_assignment: false,
         });
         g
     }
 
     fn intern_lane(&mut self, pool: PoolIdx, group: GroupIdx) -> LaneIdx {
-        if let Some(&l) = self.lane_ids.get(&(pool, group)) {
+        let lanes = &self.groups[group as usize].lanes;
+        let known = if lanes.len() <= GROUP_LANES_INLINE {
+            lanes
+                .iter()
+                .copied()
+                .find(|&l| self.lanes[l as usize].pool == pool)
+        } else {
+            self.lane_ids.get(&(pool, group)).copied()
+        };
+        if let Some(l) = known {
             return l;
         }
         let l = self.lanes.len() as LaneIdx;
