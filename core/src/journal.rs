@@ -5,8 +5,7 @@
 //! state that produced it, which is how the host recovers after a crash and how the
 //! simulator crashes and recovers cores.
 
-use std::sync::Arc;
-
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::spec::{GroupConfig, TaskSpec};
@@ -46,7 +45,7 @@ pub enum EventKind {
     Assigned {
         id: TaskId,
         attempt: u32,
-        pool: Arc<str>,
+        pool: CompactString,
     },
     /// The worker reported that the attempt started.
     Started { id: TaskId, attempt: u32 },

@@ -277,7 +277,7 @@ const GROUP_LANES_INLINE: usize = 4;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Group {
-    pub name: Arc<str>,
+    pub name: CompactString,
     pub config: GroupConfig,
     pub running: u32,
     pub queued: u32,
@@ -300,7 +300,7 @@ pub(crate) struct Group {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Pool {
-    pub name: Arc<str>,
+    pub name: CompactString,
     pub slots: u32,
     pub running: u32,
     pub queued: u32,
@@ -431,7 +431,7 @@ pub struct Core {
     /// inline.
     lane_ids: HashMap<(PoolIdx, GroupIdx), LaneIdx>,
     /// Handler names, numbered by first use.
-    pub(crate) kinds: Vec<Arc<str>>,
+    pub(crate) kinds: Vec<CompactString>,
     kind_numbers: HashMap<CompactString, u32>,
     pub(crate) dedup: HashMap<Box<str>, TaskId>,
     pub(crate) dep_groups: HashMap<Arc<str>, DepGroup>,
@@ -2130,7 +2130,7 @@ impl Core {
         let p = self.pools.len() as PoolIdx;
         self.pool_ids.insert(CompactString::from(name), p);
         self.pools.push(Pool {
-            name: Arc::from(name),
+            name: CompactString::from(name),
             slots: self.config.default_pool_slots,
             running: 0,
             queued: 0,
@@ -2148,7 +2148,7 @@ impl Core {
         let g = self.groups.len() as GroupIdx;
         self.group_ids.insert(CompactString::from(name), g);
         self.groups.push(Group {
-            name: Arc::from(name),
+            name: CompactString::from(name),
             config: self.config.default_group,
             running: 0,
             queued: 0,
@@ -2187,7 +2187,7 @@ impl Core {
             return k;
         }
         let k = self.kinds.len() as u32;
-        self.kinds.push(Arc::from(kind));
+        self.kinds.push(CompactString::from(kind));
         self.kind_numbers.insert(CompactString::from(kind), k);
         k
     }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::journal::{AttemptOutcome, InterruptReason};
@@ -240,9 +241,9 @@ pub struct Assignment {
     pub id: TaskId,
     /// Report with this number: reports for any other attempt are ignored.
     pub attempt: u32,
-    pub kind: Arc<str>,
-    pub pool: Arc<str>,
-    pub group: Arc<str>,
+    pub kind: CompactString,
+    pub pool: CompactString,
+    pub group: CompactString,
     pub payload: Arc<[u8]>,
     pub assigned_at: Millis,
     /// The core requests an interrupt at this time.

@@ -10,10 +10,10 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
 
 use handyman_core::{
-    AttemptOutcome, Event, EventKind, GroupConfig, InterruptReason, Millis, TaskId, TaskSpec,
+    AttemptOutcome, CompactString, Event, EventKind, GroupConfig, InterruptReason, Millis, TaskId,
+    TaskSpec,
 };
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
@@ -126,7 +126,7 @@ impl<'de> Visitor<'de> for KindVisitor {
                 struct V {
                     id: TaskId,
                     attempt: u32,
-                    pool: Arc<str>,
+                    pool: CompactString,
                 }
                 let v: V = rest(map)?;
                 K::Assigned {

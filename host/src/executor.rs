@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use handyman_core::{AttemptOutcome, TaskId};
+use handyman_core::{AttemptOutcome, CompactString, TaskId};
 
 /// A kind the executor can run (or knows but could not load).
 #[derive(Clone, Debug, PartialEq)]
@@ -28,8 +28,8 @@ pub struct KindInfo {
 pub struct Job {
     pub id: TaskId,
     pub attempt: u32,
-    pub kind: Arc<str>,
-    pub group: Arc<str>,
+    pub kind: CompactString,
+    pub group: CompactString,
     pub payload: Arc<[u8]>,
     pub checkpoint: Option<Vec<u8>>,
     pub context: BTreeMap<String, String>,

@@ -15,10 +15,8 @@
 //! row that starts with any other byte was written by a later version: it is refused with a
 //! message that says so, never guessed at.
 
-use std::sync::Arc;
-
 use handyman_core::{
-    AttemptOutcome, Event, EventKind, GroupConfig, InterruptReason, Millis, TaskSpec,
+    AttemptOutcome, CompactString, Event, EventKind, GroupConfig, InterruptReason, Millis, TaskSpec,
 };
 
 /// The first byte of a format-1 row.
@@ -337,7 +335,7 @@ fn decode_one(r: &mut Reader<'_>, seq: &mut u64, at: &mut Millis) -> R<Event> {
             K::Assigned {
                 id,
                 attempt,
-                pool: Arc::from(pool),
+                pool: CompactString::from(pool),
             }
         }
         7 => K::Started {
@@ -461,7 +459,7 @@ pub(crate) mod tests {
             K::Assigned {
                 id: u64::MAX,
                 attempt: 1,
-                pool: Arc::from("default"),
+                pool: CompactString::const_new("default"),
             },
             K::Started { id: 7, attempt: 1 },
             K::InterruptRequested {

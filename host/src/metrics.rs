@@ -1,8 +1,8 @@
 //! Prometheus metrics, kept by the driver thread (no locks) and rendered on request.
 
+use handyman_core::CompactString;
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Arc;
 
 use handyman_core::{Core, Millis, TaskState};
 
@@ -34,9 +34,9 @@ impl Histogram {
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Time from queued to first assignment, by (group, kind).
-    wait: BTreeMap<(Arc<str>, Arc<str>), Histogram>,
+    wait: BTreeMap<(CompactString, CompactString), Histogram>,
     /// Attempts that ended in a failure, by (group, kind).
-    failures: BTreeMap<(Arc<str>, Arc<str>), u64>,
+    failures: BTreeMap<(CompactString, CompactString), u64>,
     /// Interrupts requested, by reason.
     interrupts: BTreeMap<&'static str, u64>,
     retries: u64,
@@ -45,7 +45,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn observe_wait(&mut self, group: &Arc<str>, kind: &Arc<str>, wait_ms: Millis) {
+    pub fn observe_wait(&mut self, group: &CompactString, kind: &CompactString, wait_ms: Millis) {
         let key = (group.clone(), kind.clone());
         self.wait
             .entry(key)
@@ -53,7 +53,7 @@ impl Metrics {
             .observe(wait_ms as f64 / 1000.0);
     }
 
-    pub fn count_failure(&mut self, group: &Arc<str>, kind: &Arc<str>) {
+    pub fn count_failure(&mut self, group: &CompactString, kind: &CompactString) {
         *self
             .failures
             .entry((group.clone(), kind.clone()))
