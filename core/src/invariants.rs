@@ -229,7 +229,8 @@ impl Core {
             // bucket stays sorted. A head search reads only the buckets' heads and
             // occupied bits, so they must agree with the buckets.
             if !lane.buckets_consistent() {
-                let problem = "a bucket out of order, or a head or occupied bit off its bucket";
+                let problem =
+                    "a bucket out of order, or a head, occupied or crowded bit off its bucket";
                 v(1, None, format!("lane {l} has {problem}"));
             }
         }
