@@ -263,7 +263,7 @@ impl Core {
             .policy
             .group_bonus(group.usage_at_charge, group.config.weight);
         let my_level = self.policy.level_of(my_score + my_bonus);
-        let my_key = lane.key;
+        let my_key = lane.key();
         let (mut higher_level, mut same_level) = (0, 0);
         for key in &pool.index {
             let other = &self.lanes[key.lane as usize];

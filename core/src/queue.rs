@@ -43,6 +43,15 @@ pub(crate) struct LaneKey {
     pub lane: LaneIdx,
 }
 
+/// A lane's key while it is out of its pool's index.
+const NO_KEY: LaneKey = LaneKey {
+    neg_level: 0,
+    share: 0,
+    head_ready_since: 0,
+    head_id: 0,
+    lane: 0,
+};
+
 /// What a lane's head search and level timer read of one bucket, kept apart from the deques:
 /// 48 bytes a bucket. With 100k tasks or more queued, that search runs over buckets no
 /// longer in cache, and it should read a few lines per lane, not one or two per bucket.
@@ -227,13 +236,18 @@ impl Bucket {
 /// pairs of priority and ageing in one group) are looked at one by one.
 const TRACKED_BUCKETS: usize = u64::BITS as usize;
 
+/// Exactly two cache lines, aligned to them: every lifecycle touches two lanes out of cache
+/// (the one a task joins and the one it is assigned from), each in full.
 #[derive(Debug, Clone)]
+#[repr(align(64))]
 pub(crate) struct Lane {
     pub pool: PoolIdx,
     pub group: GroupIdx,
     /// Per bucket, what a head search reads; `buckets` holds the rest, at the same index.
-    heads: Vec<BucketHead>,
-    buckets: Vec<Bucket>,
+    /// Boxed slices, not vectors (8 bytes less each): a lane gains a bucket only for a
+    /// (priority, ageing) pair it never had.
+    heads: Box<[BucketHead]>,
+    buckets: Box<[Bucket]>,
     /// Bit `i` is set while bucket `i` (of the first [`TRACKED_BUCKETS`]) holds a task: a
     /// lane of a few tasks spread over many (priority, ageing) pairs looks only at those.
     occupied: u64,
@@ -243,8 +257,10 @@ pub(crate) struct Lane {
     pub queued: u32,
     /// Attempts of this group running in this pool.
     pub running: u32,
-    /// The key under which the lane sits in its pool's index, if it does.
-    pub key: Option<LaneKey>,
+    /// The key under which the lane sits in its pool's index, or one with `head_id` 0 (no
+    /// task has that id) while it does not: 8 bytes less than an `Option`. Read it through
+    /// [`Lane::key`].
+    key: LaneKey,
     /// When the lane's level next changes, if it sits in the index and ages.
     pub level_timer: Option<Millis>,
     /// Touched since it was last re-keyed.
@@ -300,16 +316,25 @@ impl Lane {
         Lane {
             pool,
             group,
-            heads: Vec::new(),
-            buckets: Vec::new(),
+            heads: Box::default(),
+            buckets: Box::default(),
             occupied: 0,
             crowded: 0,
             queued: 0,
             running: 0,
-            key: None,
+            key: NO_KEY,
             level_timer: None,
             dirty: false,
         }
+    }
+
+    /// The key under which the lane sits in its pool's index, if it does.
+    pub fn key(&self) -> Option<LaneKey> {
+        (self.key.head_id != 0).then_some(self.key)
+    }
+
+    pub fn set_key(&mut self, key: Option<LaneKey>) {
+        self.key = key.unwrap_or(NO_KEY);
     }
 
     pub fn contends(&self) -> bool {
@@ -368,9 +393,13 @@ impl Lane {
         let b = match self.find_bucket(ageing_number, priority) {
             Some(b) => b,
             None => {
-                self.heads
-                    .push(BucketHead::new(ageing_number, priority, base_score));
-                self.buckets.push(Bucket::new());
+                let head = BucketHead::new(ageing_number, priority, base_score);
+                let mut heads = std::mem::take(&mut self.heads).into_vec();
+                heads.push(head);
+                self.heads = heads.into_boxed_slice();
+                let mut buckets = std::mem::take(&mut self.buckets).into_vec();
+                buckets.push(Bucket::new());
+                self.buckets = buckets.into_boxed_slice();
                 self.heads.len() - 1
             }
         };

@@ -2064,7 +2064,7 @@ impl Core {
         let now = self.now;
         let lane = &mut self.lanes[lane_idx as usize];
         let pool = lane.pool as usize;
-        let old_key = lane.key.take();
+        let old_key = lane.key();
         let old_timer = lane.level_timer.take();
         let group = &self.groups[lane.group as usize];
         let under_cap = group.running < group.config.cap
@@ -2093,7 +2093,7 @@ impl Core {
                 new_timer = lane.next_level_change(now, next_level_score, self.ageings.values());
             }
         }
-        lane.key = new_key;
+        lane.set_key(new_key);
         lane.level_timer = new_timer;
         // Many refreshes leave the key as it was (a task joined the back of a bucket): the
         // index then keeps its entry rather than removing and re-inserting the same one.
