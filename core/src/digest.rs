@@ -27,9 +27,9 @@ impl Core {
             t.submitted_at.hash(&mut h);
             t.ready_since.hash(&mut h);
             t.finished_at.hash(&mut h);
-            t.deps.hash(&mut h);
+            t.deps().hash(&mut h);
             t.deps_pending.hash(&mut h);
-            t.failed_dependency.hash(&mut h);
+            t.failed_dependency().hash(&mut h);
             t.dependents().hash(&mut h);
             t.retry_due.hash(&mut h);
             t.cancel_requested.hash(&mut h);

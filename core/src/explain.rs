@@ -161,7 +161,7 @@ impl Core {
         match t.state {
             TaskState::Waiting => {
                 let pending: Vec<(TaskId, TaskState)> = t
-                    .deps
+                    .deps()
                     .iter()
                     .map(|&d| (d, self.tasks[idx(d)].state))
                     .filter(|(_, s)| *s != TaskState::Succeeded)
@@ -245,7 +245,7 @@ impl Core {
                 });
             }
         }
-        let my_score = t.base_score
+        let my_score = self.policy.base_score(t.priority)
             + self
                 .ageings
                 .get(t.ageing)

@@ -136,7 +136,7 @@ impl Core {
                 t.state,
                 TaskState::Queued | TaskState::Running | TaskState::Succeeded
             ) {
-                for &d in t.deps.iter() {
+                for &d in t.deps().iter() {
                     let ds = self.tasks[idx(d)].state;
                     if ds != TaskState::Succeeded {
                         v(

@@ -160,7 +160,11 @@ impl Attempts {
     }
 }
 
+/// Exactly two cache lines, aligned to them: assigning a task and ending its attempt read
+/// and write most of it, long after it was queued. What only some tasks need lives in
+/// `extra`.
 #[derive(Debug, Clone)]
+#[repr(align(64))]
 pub(crate) struct Task {
     /// In [`Core::kinds`].
     pub kind: u32,
@@ -171,7 +175,6 @@ pub(crate) struct Task {
     /// The ageing the policy applies (not necessarily the one the spec asked for), in
     /// [`Core::ageings`].
     pub ageing: u32,
-    pub base_score: f64,
     pub state: TaskState,
     pub attempt: u32,
     pub failures: u32,
@@ -179,10 +182,7 @@ pub(crate) struct Task {
     pub submitted_at: Millis,
     pub ready_since: Maybe,
     pub finished_at: Maybe,
-    pub deps: Box<[TaskId]>,
     pub deps_pending: u32,
-    /// A dependency that failed or was cancelled: this task is doomed.
-    pub failed_dependency: Maybe,
     /// Tasks waiting for this one. Boxed, as most tasks have none: 8 bytes per task here
     /// instead of 24, for a second allocation in the few tasks that have dependents.
     #[allow(clippy::box_collection)]
@@ -210,6 +210,12 @@ pub(crate) const END_OF_TIME: Millis = Millis::MAX - 1;
 /// up from 1.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Maybe(u64);
+
+impl Default for Maybe {
+    fn default() -> Self {
+        Maybe::NONE
+    }
+}
 
 impl Maybe {
     pub const NONE: Maybe = Maybe(u64::MAX);
@@ -262,6 +268,9 @@ impl std::fmt::Debug for Maybe {
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TaskExtra {
+    pub deps: Box<[TaskId]>,
+    /// A dependency that failed or was cancelled: this task is doomed.
+    pub failed_dependency: Maybe,
     pub dep_group: Option<Arc<str>>,
     pub rank: i32,
     pub dedup_key: Option<Box<str>>,
@@ -346,7 +355,18 @@ impl DepGroup {
 impl Task {
     /// All dependencies succeeded (a member that counts for its dependency group's ranks).
     fn dependencies_done(&self) -> bool {
-        self.deps_pending == 0 && self.failed_dependency.is_none()
+        self.deps_pending == 0 && self.failed_dependency().is_none()
+    }
+
+    pub fn deps(&self) -> &[TaskId] {
+        self.extra.as_ref().map_or(&[], |e| &e.deps)
+    }
+
+    /// A dependency that failed or was cancelled: this task is doomed.
+    pub fn failed_dependency(&self) -> Maybe {
+        self.extra
+            .as_ref()
+            .map_or(Maybe::NONE, |e| e.failed_dependency)
     }
 
     pub fn dependents(&self) -> &[TaskId] {
@@ -862,7 +882,7 @@ impl Core {
     pub fn effective_priority(&self, id: TaskId, now: Millis) -> Option<f64> {
         let t = self.tasks.get(idx_checked(id)?)?;
         let wait = now.saturating_sub(t.ready_since.get()?);
-        Some(t.base_score + self.ageings.get(t.ageing).boost(wait))
+        Some(self.policy.base_score(t.priority) + self.ageings.get(t.ageing).boost(wait))
     }
 
     pub fn task(&self, id: TaskId) -> Option<TaskView> {
@@ -882,7 +902,7 @@ impl Core {
             submitted_at: t.submitted_at,
             ready_since: t.ready_since.get(),
             finished_at: t.finished_at.get(),
-            depends_on: t.deps.to_vec(),
+            depends_on: t.deps().to_vec(),
             dependency_group: t.dep_group().map(|g| g.to_string()),
             rank: t.rank(),
             dedup_key: t.dedup_key().map(|k| k.to_string()),
@@ -1347,7 +1367,7 @@ impl Core {
         if t.state != TaskState::Waiting {
             return;
         }
-        if let Some(dep) = t.failed_dependency.get() {
+        if let Some(dep) = t.failed_dependency().get() {
             let state = self.tasks[idx(dep)].state;
             self.finish_task(
                 id,
@@ -1740,7 +1760,6 @@ impl Core {
         let backoff = self
             .backoffs
             .number(spec.backoff, backoff_key(&spec.backoff));
-        let base_score = self.policy.base_score(spec.priority);
         let dep_group: Option<Arc<str>> = spec.dependency_group.as_deref().map(Arc::from);
         if let Some(g) = &dep_group {
             let dg = self.dep_groups.entry(g.clone()).or_default();
@@ -1752,7 +1771,8 @@ impl Core {
         if let Some(key) = &spec.dedup_key {
             self.dedup.insert(key.as_str().into(), id);
         }
-        let rare = dep_group.is_some()
+        let rare = !deps.is_empty()
+            || dep_group.is_some()
             || spec.rank != 0
             || spec.dedup_key.is_some()
             || !spec.on_success.is_empty()
@@ -1760,6 +1780,8 @@ impl Core {
             || parent.is_some();
         let extra = rare.then(|| {
             Box::new(TaskExtra {
+                deps: deps.into_boxed_slice(),
+                failed_dependency,
                 dep_group,
                 rank: spec.rank,
                 dedup_key: spec.dedup_key.as_deref().map(Box::from),
@@ -1776,7 +1798,6 @@ impl Core {
             lane,
             priority: spec.priority,
             ageing,
-            base_score,
             state: TaskState::Waiting,
             attempt: 0,
             failures: 0,
@@ -1784,9 +1805,7 @@ impl Core {
             submitted_at: at,
             ready_since: Maybe::NONE,
             finished_at: Maybe::NONE,
-            deps: deps.into_boxed_slice(),
             deps_pending,
-            failed_dependency,
             dependents: None,
             max_runtime_ms: spec.max_runtime_ms,
             on_timeout: spec.on_timeout,
@@ -1871,7 +1890,10 @@ impl Core {
                     }
                 }
             } else {
-                dep.failed_dependency.get_or_insert(id);
+                dep.extra
+                    .get_or_insert_with(Box::default)
+                    .failed_dependency
+                    .get_or_insert(id);
             }
         }
         // Kept: finish_task reads them to cascade, and views show them.
@@ -1990,7 +2012,7 @@ impl Core {
 
     fn enqueue(&mut self, id: TaskId) {
         let t = &self.tasks[idx(id)];
-        let (lane, priority, score) = (t.lane, t.priority, t.base_score);
+        let (lane, priority, score) = (t.lane, t.priority, self.policy.base_score(t.priority));
         let ageing = t.ageing;
         let ready = t.ready_since.unwrap_or(self.now);
         let was = self.lanes[lane as usize].contends();
