@@ -250,6 +250,11 @@ pub(crate) struct Lane {
     pub dirty: bool,
 }
 
+// Keeps the sizes the comments above give true as fields come and go.
+#[cfg(target_pointer_width = "64")]
+const _: () =
+    assert!(std::mem::size_of::<Lane>() == 128 && std::mem::size_of::<BucketHead>() == 32);
+
 /// The best task of a lane at some time.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Head {

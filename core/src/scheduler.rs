@@ -201,6 +201,10 @@ pub(crate) struct Task {
     pub cancel_requested: bool,
 }
 
+// Keeps the "two cache lines" above true as fields come and go.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Task>() == 128);
+
 /// The core's clock stops here, one short of `Millis::MAX`, so that [`Maybe`] can use that
 /// value for "none". A driver's `now` beyond it is taken as this.
 pub(crate) const END_OF_TIME: Millis = Millis::MAX - 1;
