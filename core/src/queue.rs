@@ -381,13 +381,11 @@ impl Lane {
         let b = match self.find_bucket(ageing_number, priority) {
             Some(b) => b,
             None => {
-                let head = BucketHead::new(ageing_number, priority, base_score);
-                let mut heads = std::mem::take(&mut self.heads).into_vec();
-                heads.push(head);
-                self.heads = heads.into_boxed_slice();
-                let mut buckets = std::mem::take(&mut self.buckets).into_vec();
-                buckets.push(Bucket::new());
-                self.buckets = buckets.into_boxed_slice();
+                push_boxed(
+                    &mut self.heads,
+                    BucketHead::new(ageing_number, priority, base_score),
+                );
+                push_boxed(&mut self.buckets, Bucket::new());
                 self.heads.len() - 1
             }
         };
@@ -517,6 +515,13 @@ impl Lane {
                             && (self.crowded >> i & 1 == 1) == b.has_rest())
                 })
     }
+}
+
+/// Appends to a boxed slice (a reallocation: for the rare growth of a lane's buckets).
+fn push_boxed<T>(slice: &mut Box<[T]>, item: T) {
+    let mut items = std::mem::take(slice).into_vec();
+    items.push(item);
+    *slice = items.into_boxed_slice();
 }
 
 /// Maps a non-negative finite f64 to bits that sort like the number.

@@ -1,10 +1,9 @@
 //! Prometheus metrics, kept by the driver thread (no locks) and rendered on request.
 
-use handyman_core::CompactString;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use handyman_core::{Core, Millis, TaskState};
+use handyman_core::{CompactString, Core, Millis, TaskState};
 
 /// Upper bounds of the wait-time buckets, in seconds.
 const WAIT_BUCKETS: [f64; 12] = [
