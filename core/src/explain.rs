@@ -263,10 +263,10 @@ impl Core {
             .policy
             .group_bonus(group.usage_at_charge, group.config.weight);
         let my_level = self.policy.level_of(my_score + my_bonus);
-        let my_key = lane.key();
+        let my_key = pool.index.key(lane.slot);
         let (mut higher_level, mut same_level) = (0, 0);
-        for key in &pool.index {
-            let other = &self.lanes[key.lane as usize];
+        for (other, key) in pool.index.entries() {
+            let other = &self.lanes[other as usize];
             if other.group == t.group {
                 continue;
             }
@@ -274,7 +274,7 @@ impl Core {
             let bonus = self
                 .policy
                 .group_bonus(og.usage_at_charge, og.config.weight);
-            let lane_ahead = my_key.is_none_or(|k| *key < k);
+            let lane_ahead = my_key.is_none_or(|k| key < k);
             for (score, _, _) in other.scored_tasks(now, self.ageings.values()) {
                 let level = self.policy.level_of(score + bonus);
                 if level > my_level {

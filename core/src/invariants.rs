@@ -234,6 +234,20 @@ impl Core {
                 v(1, None, format!("lane {l} has {problem}"));
             }
         }
+        for (p, pool) in self.pools.iter().enumerate() {
+            let index = &pool.index;
+            let misfiled = self.lanes.iter().enumerate().find(|(l, lane)| {
+                lane.pool as usize == p && index.lane(lane.slot) != Some(*l as u32)
+            });
+            if !index.consistent() || misfiled.is_some() {
+                let problem = "a node that does not name its least key, or a lane out of its slot";
+                v(
+                    1,
+                    None,
+                    format!("pool {}'s lane index has {problem}", pool.name),
+                );
+            }
+        }
         // The fair-share floor: every active group is filed once, never past its usage.
         let active = self.groups.iter().filter(|g| g.active_tasks > 0).count();
         if self.active_usage.len() != active {

@@ -25,6 +25,7 @@ mod digest;
 mod explain;
 mod invariants;
 pub mod journal;
+mod lane_index;
 pub mod policy;
 mod queue;
 mod scheduler;

@@ -39,18 +39,9 @@ pub(crate) struct LaneKey {
     /// Usage per weight as order-preserving bits (0 when the policy ignores fair share).
     pub share: u64,
     pub head_ready_since: Millis,
+    /// Unique among the keys of a pool: a task heads one lane at most.
     pub head_id: TaskId,
-    pub lane: LaneIdx,
 }
-
-/// A lane's key while it is out of its pool's index.
-const NO_KEY: LaneKey = LaneKey {
-    neg_level: 0,
-    share: 0,
-    head_ready_since: 0,
-    head_id: 0,
-    lane: 0,
-};
 
 /// What a lane's head search and level timer read of one bucket, kept apart from the deques:
 /// 32 bytes a bucket, two to a cache line. With 100k tasks or more queued, that search runs
@@ -240,10 +231,9 @@ pub(crate) struct Lane {
     pub queued: u32,
     /// Attempts of this group running in this pool.
     pub running: u32,
-    /// The key under which the lane sits in its pool's index, or one with `head_id` 0 (no
-    /// task has that id) while it does not: 8 bytes less than an `Option`. Read it through
-    /// [`Lane::key`].
-    key: LaneKey,
+    /// The lane's leaf in its pool's index ([`crate::lane_index::LaneIndex`]), which holds
+    /// its key while it is in.
+    pub slot: u32,
     /// When the lane's level next changes, if it sits in the index and ages.
     pub level_timer: Option<Millis>,
     /// Touched since it was last re-keyed.
@@ -300,29 +290,20 @@ impl Iterator for Occupied {
 }
 
 impl Lane {
-    pub fn new(pool: PoolIdx, group: GroupIdx) -> Self {
+    pub fn new(pool: PoolIdx, group: GroupIdx, slot: u32) -> Self {
         Lane {
             pool,
             group,
+            slot,
             heads: Box::default(),
             buckets: Box::default(),
             occupied: 0,
             crowded: 0,
             queued: 0,
             running: 0,
-            key: NO_KEY,
             level_timer: None,
             dirty: false,
         }
-    }
-
-    /// The key under which the lane sits in its pool's index, if it does.
-    pub fn key(&self) -> Option<LaneKey> {
-        (self.key.head_id != 0).then_some(self.key)
-    }
-
-    pub fn set_key(&mut self, key: Option<LaneKey>) {
-        self.key = key.unwrap_or(NO_KEY);
     }
 
     pub fn contends(&self) -> bool {
@@ -591,7 +572,7 @@ mod tests {
 
     #[test]
     fn level_changes_agree_with_every_heads_as_thresholds_and_heads_change() {
-        let mut lane = Lane::new(0, 0);
+        let mut lane = Lane::new(0, 0, 0);
         let linear = Ageing::Linear {
             per_minute: 1.5,
             cap: 10.0,
@@ -640,7 +621,7 @@ mod tests {
             cap: 100.0,
         };
         let ageings = [Ageing::None, linear];
-        let mut lane = Lane::new(0, 0);
+        let mut lane = Lane::new(0, 0, 0);
         // 70 priorities, the oldest tasks in the lowest: ageing lets them overtake.
         let mut id = 0;
         for priority in 0..70 {
@@ -689,7 +670,7 @@ mod tests {
             ops in proptest::collection::vec((proptest::bool::ANY, 1u64..40), 1..300)
         ) {
             let ageings = [Ageing::None, Ageing::Linear { per_minute: 60.0, cap: 5.0 }];
-            let mut lane = Lane::new(0, 0);
+            let mut lane = Lane::new(0, 0, 0);
             let mut model = std::collections::BTreeSet::new();
             for (insert, id) in ops {
                 // A task's id fixes its bucket and its ready time, as in the core; ready times

@@ -20,6 +20,7 @@ use smallvec::SmallVec;
 
 use crate::ageing::{Ageing, AgeingClassKey};
 use crate::journal::{AttemptOutcome, Event, EventKind, InterruptReason};
+use crate::lane_index::LaneIndex;
 use crate::policy::Policy;
 use crate::queue::{order_bits, GroupIdx, Lane, LaneIdx, LaneKey, PoolIdx};
 use crate::spec::{Backoff, DepRef, GroupConfig, TaskSpec, TimeoutMode};
@@ -317,7 +318,7 @@ pub(crate) struct Pool {
     pub slots: u32,
     pub running: u32,
     pub queued: u32,
-    pub index: BTreeSet<LaneKey>,
+    pub index: LaneIndex,
     /// Sum of the weights of the groups with queued or running work in this pool.
     pub contending_weight: u64,
     /// An attempt was assigned while every slot was taken (never, unless a bug is injected).
@@ -1432,24 +1433,29 @@ impl Core {
     fn choose_lane(&self, p: PoolIdx) -> Option<LaneIdx> {
         let pool = &self.pools[p as usize];
         if !self.policy.uses_share_tiers() {
-            return pool.index.first().map(|k| k.lane);
+            return pool.index.first();
         }
         let total_weight = pool.contending_weight.max(1) as f64;
-        let mut fallback = None;
-        // Lanes at or over their share are skipped while a lane below its share has work;
-        // at most one lane per running attempt can be over its share, so this walk is
-        // bounded by the pool's slots.
-        for key in &pool.index {
-            let lane = &self.lanes[key.lane as usize];
+        let below_share = |lane: LaneIdx| {
+            let lane = &self.lanes[lane as usize];
             let config = &self.groups[lane.group as usize].config;
             let share = (f64::from(pool.slots) * f64::from(config.weight) / total_weight)
                 .max(f64::from(config.floor));
-            if f64::from(lane.running) < share {
-                return Some(key.lane);
-            }
-            fallback.get_or_insert(key.lane);
+            f64::from(lane.running) < share
+        };
+        // Nearly always the first lane is below its share: no walk, and no walk's frontier.
+        let first = pool.index.first()?;
+        if below_share(first) {
+            return Some(first);
         }
-        fallback
+        // Lanes at or over their share are skipped while a lane below its share has work;
+        // at most one lane per running attempt can be over its share, so this walk is
+        // bounded by the pool's slots.
+        pool.index
+            .iter()
+            .map(|(lane, _)| lane)
+            .find(|&lane| below_share(lane))
+            .or(Some(first))
     }
 
     // ----------------------------------------------------------------------------------
@@ -2090,7 +2096,7 @@ impl Core {
         let now = self.now;
         let lane = &mut self.lanes[lane_idx as usize];
         let pool = lane.pool as usize;
-        let old_key = lane.key();
+        let old_key = self.pools[pool].index.key(lane.slot);
         let old_timer = lane.level_timer.take();
         let group = &self.groups[lane.group as usize];
         let under_cap = group.running < group.config.cap
@@ -2113,24 +2119,16 @@ impl Core {
                     share,
                     head_ready_since: head.ready_since,
                     head_id: head.id,
-                    lane: lane_idx,
                 });
                 let next_level_score = self.policy.level_start(level + 1) - bonus;
                 new_timer = lane.next_level_change(now, next_level_score, self.ageings.values());
             }
         }
-        lane.set_key(new_key);
         lane.level_timer = new_timer;
         // Many refreshes leave the key as it was (a task joined the back of a bucket): the
-        // index then keeps its entry rather than removing and re-inserting the same one.
+        // index is then not touched at all.
         if old_key != new_key {
-            let index = &mut self.pools[pool].index;
-            if let Some(key) = old_key {
-                index.remove(&key);
-            }
-            if let Some(key) = new_key {
-                index.insert(key);
-            }
+            self.pools[pool].index.set(lane.slot, new_key);
         }
         if old_timer != new_timer {
             if let Some(t) = new_timer {
@@ -2160,7 +2158,7 @@ impl Core {
             slots: self.config.default_pool_slots,
             running: 0,
             queued: 0,
-            index: BTreeSet::new(),
+            index: LaneIndex::default(),
             contending_weight: 0,
             over_slots_assignment: false,
         });
@@ -2202,7 +2200,8 @@ impl Core {
             return l;
         }
         let l = self.lanes.len() as LaneIdx;
-        self.lanes.push(Lane::new(pool, group));
+        let slot = self.pools[pool as usize].index.add_slot(l);
+        self.lanes.push(Lane::new(pool, group, slot));
         self.lane_ids.insert((pool, group), l);
         self.groups[group as usize].lanes.push(l);
         l
