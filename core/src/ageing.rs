@@ -174,6 +174,60 @@ impl Ageing {
     }
 }
 
+/// Remembers answers of [`Ageing::wait_to_reach`] by ageing number and target. A lane's level
+/// timer asks it for every occupied bucket at every re-key, and the questions repeat: the
+/// targets are level boundaries less a bucket's base score, a handful of values. With 1M
+/// tasks queued, lanes hold tasks in most of their buckets and the exact inverse was a fifth
+/// of a lifecycle's instructions. Direct-mapped: a clash only costs a recomputation.
+#[derive(Debug, Clone)]
+pub(crate) struct WaitMemo {
+    entries: Box<[WaitMemoEntry]>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct WaitMemoEntry {
+    /// `u32::MAX` while the entry is empty.
+    ageing: u32,
+    target_bits: u64,
+    /// `u64::MAX` for "never": `wait_to_reach` gives up long before.
+    wait: Millis,
+}
+
+const WAIT_MEMO_ENTRIES: usize = 256;
+
+impl Default for WaitMemo {
+    fn default() -> Self {
+        let empty = WaitMemoEntry {
+            ageing: u32::MAX,
+            target_bits: 0,
+            wait: 0,
+        };
+        WaitMemo {
+            entries: vec![empty; WAIT_MEMO_ENTRIES].into_boxed_slice(),
+        }
+    }
+}
+
+impl WaitMemo {
+    /// `ageing.wait_to_reach(target)`, where `number` names `ageing` (equal numbers, equal
+    /// ageing functions).
+    pub fn wait_to_reach(&mut self, number: u32, ageing: &Ageing, target: f64) -> Option<Millis> {
+        let target_bits = target.to_bits();
+        let mixed =
+            (target_bits ^ u64::from(number).rotate_right(8)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let slot = (mixed >> (u64::BITS - WAIT_MEMO_ENTRIES.trailing_zeros())) as usize;
+        let entry = &mut self.entries[slot];
+        if entry.ageing != number || entry.target_bits != target_bits {
+            *entry = WaitMemoEntry {
+                ageing: number,
+                target_bits,
+                wait: ageing.wait_to_reach(target).unwrap_or(u64::MAX),
+            };
+        }
+        (entry.wait != u64::MAX).then_some(entry.wait)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +288,23 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn the_memo_answers_as_the_function_does(
+            per_minute in 0.01f64..100.0,
+            cap in 0.0f64..50.0,
+            targets in proptest::collection::vec(-2.0f64..60.0, 1..50),
+        ) {
+            // Two ageing numbers that share memo entries' targets must not mix answers.
+            let ageings = [Ageing::None, Ageing::Linear { per_minute, cap }];
+            let mut memo = WaitMemo::default();
+            for (i, target) in targets.iter().enumerate() {
+                let number = (i % 2) as u32;
+                let a = &ageings[number as usize];
+                proptest::prop_assert_eq!(memo.wait_to_reach(number, a, *target), a.wait_to_reach(*target));
+                proptest::prop_assert_eq!(memo.wait_to_reach(number, a, *target), a.wait_to_reach(*target));
+            }
+        }
+
         #[test]
         fn wait_to_reach_is_the_exact_inverse(per_minute in 0.01f64..100.0, cap in 0.0f64..50.0, target in 0.0f64..60.0) {
             let a = Ageing::Linear { per_minute, cap };

@@ -113,7 +113,7 @@ impl LaneIndex {
         while node > 1 {
             let other = self.winners[node ^ 1];
             let other_key = self.keys[other as usize];
-            if other_key < best_key {
+            if precedes(&other_key, &best_key) {
                 (best, best_key) = (other, other_key);
             }
             node >>= 1;
@@ -168,13 +168,22 @@ impl LaneIndex {
         for node in (1..self.capacity).rev() {
             let left = self.winners[2 * node];
             let right = self.winners[2 * node + 1];
-            self.winners[node] = if self.keys[right as usize] < self.keys[left as usize] {
+            self.winners[node] = if precedes(&self.keys[right as usize], &self.keys[left as usize])
+            {
                 right
             } else {
                 left
             };
         }
     }
+}
+
+/// `a < b`, spelt out: the derived comparison goes through an `Option<Ordering>` per field
+/// and cost a third of a walk's instructions.
+#[inline]
+fn precedes(a: &LaneKey, b: &LaneKey) -> bool {
+    (a.neg_level, a.share, a.head_ready_since, a.head_id)
+        < (b.neg_level, b.share, b.head_ready_since, b.head_id)
 }
 
 /// See [`LaneIndex::iter`]: the frontier holds nodes by their least key; a node's children

@@ -24,7 +24,7 @@
 
 use std::collections::VecDeque;
 
-use crate::ageing::Ageing;
+use crate::ageing::{Ageing, WaitMemo};
 use crate::{Millis, TaskId};
 
 pub(crate) type PoolIdx = u32;
@@ -446,6 +446,7 @@ impl Lane {
         now: Millis,
         next_level_score: f64,
         ageings: &[Ageing],
+        memo: &mut WaitMemo,
     ) -> Option<Millis> {
         let mut earliest: Option<Millis> = None;
         for b in Occupied::new(self.occupied, self.heads.len()) {
@@ -454,7 +455,8 @@ impl Lane {
                 continue;
             }
             let needed = next_level_score - h.base_score;
-            if let Some(wait) = ageings[h.ageing as usize].wait_to_reach(needed) {
+            let ageing = &ageings[h.ageing as usize];
+            if let Some(wait) = memo.wait_to_reach(h.ageing, ageing, needed) {
                 let at = h.ready_since.saturating_add(wait).max(now + 1);
                 earliest = Some(earliest.map_or(at, |e: Millis| e.min(at)));
             }
@@ -587,6 +589,7 @@ mod tests {
         lane.insert(1, 2, 2.0, 2_000, 2);
         lane.insert(0, 1, 1.0, 3_000, 3);
         let thresholds = [1.0, 3.0, 1.0, 2.5, 2.5, 12.0, 1.0];
+        let mut memo = WaitMemo::default();
         for (i, &threshold) in thresholds.iter().enumerate() {
             let now = 4_000 + i as Millis * 1_000;
             if i == 3 {
@@ -596,7 +599,7 @@ mod tests {
             }
             let expected = fresh_level_change(&lane, now, threshold, &ageings);
             assert_eq!(
-                lane.next_level_change(now, threshold, &ageings),
+                lane.next_level_change(now, threshold, &ageings, &mut memo),
                 expected,
                 "threshold {threshold} at step {i}"
             );

@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use smallvec::SmallVec;
 
-use crate::ageing::{Ageing, AgeingClassKey};
+use crate::ageing::{Ageing, AgeingClassKey, WaitMemo};
 use crate::journal::{AttemptOutcome, Event, EventKind, InterruptReason};
 use crate::lane_index::LaneIndex;
 use crate::policy::Policy;
@@ -440,6 +440,8 @@ pub struct Core {
     pub(crate) tasks: Vec<Task>,
     pub(crate) attempts: Attempts,
     pub(crate) ageings: Shared<Ageing, AgeingClassKey>,
+    /// Answers of the ageing functions' inverse, for the lanes' level timers.
+    level_waits: WaitMemo,
     backoffs: Shared<Backoff, BackoffKey>,
     pub(crate) next_seq: u64,
     pub(crate) now: Millis,
@@ -499,6 +501,7 @@ impl Core {
             tasks: Vec::new(),
             attempts: Attempts::default(),
             ageings: Shared::default(),
+            level_waits: WaitMemo::default(),
             backoffs: Shared::default(),
             next_seq: 1,
             now: 0,
@@ -2121,7 +2124,12 @@ impl Core {
                     head_id: head.id,
                 });
                 let next_level_score = self.policy.level_start(level + 1) - bonus;
-                new_timer = lane.next_level_change(now, next_level_score, self.ageings.values());
+                new_timer = lane.next_level_change(
+                    now,
+                    next_level_score,
+                    self.ageings.values(),
+                    &mut self.level_waits,
+                );
             }
         }
         lane.level_timer = new_timer;
