@@ -2029,7 +2029,7 @@ impl Core {
         let ageing = t.ageing;
         let ready = t.ready_since.unwrap_or(self.now);
         let was = self.lanes[lane as usize].contends();
-        self.lanes[lane as usize].insert(ageing, priority, score, ready, id);
+        self.lanes[lane as usize].insert(ageing, priority, score, ready, id, self.ageings.values());
         let (g, p) = (t.group, t.pool);
         self.groups[g as usize].queued += 1;
         self.pools[p as usize].queued += 1;
