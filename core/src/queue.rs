@@ -16,11 +16,13 @@
 //!   the heads of the occupied buckets only, a few cache lines per lane. A bucket's deque
 //!   holds only the entries behind its front, and a second bit says whether there are any:
 //!   queuing into an empty bucket and taking a bucket's only task touch its head alone.
-//! - Each pool keeps its lanes in a `BTreeSet` ordered by [`LaneKey`]: level (the best head's
-//!   aged score, with the policy's group bonus), then usage per weight (fair share), then the
-//!   head's age. A lane's level only changes at a time the index computes in advance from the
-//!   inverse of the ageing function, so lanes are re-keyed lazily when such a time has passed
-//!   ("level timers") and never rescanned.
+//!   Buckets are kept in order of their ceiling (base score plus ageing cap), so a head
+//!   search stops at the first bucket that cannot beat the best head found.
+//! - Each pool keeps its lanes in a winner tree ([`crate::lane_index::LaneIndex`]) ordered
+//!   by [`LaneKey`]: level (the best head's aged score, with the policy's group bonus), then
+//!   usage per weight (fair share), then the head's age. A lane's level only changes at a
+//!   time the index computes in advance from the inverse of the ageing function, so lanes
+//!   are re-keyed lazily when such a time has passed ("level timers") and never rescanned.
 
 use std::collections::VecDeque;
 
