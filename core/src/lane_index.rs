@@ -11,8 +11,8 @@
 //! walks the whole path, log2(lanes) comparisons of two keys that sit side by side in one
 //! array; a lane that joins somewhere behind the leader stops after a level or two.
 //!
-//! The least key is the root's winner. Walking the keys in order, which only share tiers and
-//! invariants need, is a best-first search over the tree.
+//! The least key is the root's winner. Walking the keys in order, which only share tiers need
+//! (when the first lane is at its share already), is a best-first search over the tree.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -149,8 +149,8 @@ impl LaneIndex {
     }
 
     /// Whether every inner node names a slot with the least key below it (which slot, among
-    /// absent ones, does not matter) and `len` counts the keys: the
-    /// early stop in [`LaneIndex::set`] relies on the nodes above a change being right.
+    /// absent ones, does not matter) and `len` counts the keys: the early stop in
+    /// [`LaneIndex::set`] relies on the nodes above a change being right.
     pub fn consistent(&self) -> bool {
         let key_of = |node: usize| self.keys[self.winners[node] as usize];
         let nodes_agree = (1..self.capacity)
