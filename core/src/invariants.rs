@@ -234,17 +234,23 @@ impl Core {
                 v(1, None, format!("lane {l} has {problem}"));
             }
         }
-        for (p, pool) in self.pools.iter().enumerate() {
-            let index = &pool.index;
-            let misfiled = self.lanes.iter().enumerate().find(|(l, lane)| {
-                lane.pool as usize == p && index.lane(lane.slot) != Some(*l as u32)
-            });
-            if !index.consistent() || misfiled.is_some() {
-                let problem = "a node that does not name its least key, or a lane out of its slot";
+        // A decision reads the root of a pool's lane index alone: every node must name the
+        // least key below it, and every lane's slot must be its own.
+        for pool in self.pools.iter().filter(|pool| !pool.index.consistent()) {
+            let problem = "a node that does not name the least key below it";
+            v(
+                1,
+                None,
+                format!("pool {}'s lane index has {problem}", pool.name),
+            );
+        }
+        for (l, lane) in self.lanes.iter().enumerate() {
+            if self.pools[lane.pool as usize].index.lane(lane.slot) != Some(l as u32) {
+                let slot = lane.slot;
                 v(
                     1,
                     None,
-                    format!("pool {}'s lane index has {problem}", pool.name),
+                    format!("lane {l}'s slot {slot} names another lane"),
                 );
             }
         }

@@ -450,7 +450,7 @@ impl Lane {
                 break;
             }
             let (ready_since, id) = (h.ready_since, h.id);
-            let score = h.base_score + ageing.boost(now.saturating_sub(ready_since));
+            let score = h.score_of(ready_since, now, ageings);
             let better = match best {
                 None => true,
                 Some(b) => {
@@ -530,7 +530,7 @@ impl Lane {
     }
 }
 
-/// Appends to a boxed slice (a reallocation: for the rare growth of a lane's buckets).
+/// Inserts into a boxed slice (a reallocation: for the rare growth of a lane's buckets).
 fn insert_boxed<T>(slice: &mut Box<[T]>, at: usize, item: T) {
     let mut items = std::mem::take(slice).into_vec();
     items.insert(at, item);
