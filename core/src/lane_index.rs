@@ -99,12 +99,27 @@ impl LaneIndex {
     pub fn set(&mut self, slot: u32, key: Option<LaneKey>) {
         let s = slot as usize;
         let key = key.unwrap_or(ABSENT);
-        let was_in = self.keys[s] != ABSENT;
+        let old = self.keys[s];
         self.keys[s] = key;
-        match (was_in, key != ABSENT) {
+        match (old != ABSENT, key != ABSENT) {
             (false, true) => self.len += 1,
             (true, false) => self.len -= 1,
             _ => {}
+        }
+        // A lane that takes the lead wins every node on its path, and a leader whose key
+        // improves keeps them: no comparison on the way up. (A task that becomes its lane's
+        // head and is assigned at once takes this path, the usual case of a busy pool.)
+        let leader = self.winners[1];
+        if leader != slot && precedes(&key, &self.keys[leader as usize]) {
+            let mut node = (self.capacity + s) >> 1;
+            while node >= 1 {
+                self.winners[node] = slot;
+                node >>= 1;
+            }
+            return;
+        }
+        if leader == slot && !precedes(&old, &key) {
+            return;
         }
         // Carries the winner of the subtree walked so far up the path: each level then
         // reads only the other child's winner and its key.
