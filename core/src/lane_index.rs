@@ -107,8 +107,8 @@ impl LaneIndex {
             _ => {}
         }
         // A lane that takes the lead wins every node on its path, and a leader whose key
-        // improves keeps them: no comparison on the way up. (A task that becomes its lane's
-        // head and is assigned at once takes this path, the usual case of a busy pool.)
+        // improves keeps them: no comparison on the way up. (In the core bench, a new task
+        // that becomes its lane's head is often the best of the pool: its lane takes this path.)
         let leader = self.winners[1];
         if leader != slot && precedes(&key, &self.keys[leader as usize]) {
             let mut node = (self.capacity + s) >> 1;
