@@ -7,9 +7,10 @@
 //! of every node it passed: about 1,900 instructions a lifecycle, the largest single part of
 //! one. Here a lane has a fixed slot, and a re-key walks from its leaf towards the root
 //! recomputing each node's winner, stopping at the first node whose winner neither changed
-//! nor is the re-keyed lane. A lane whose key gets worse while it leads (the assigned one)
-//! walks the whole path, log2(lanes) comparisons of two keys that sit side by side in one
-//! array; a lane that joins somewhere behind the leader stops after a level or two.
+//! nor is the re-keyed lane. Each level reads the other child's winner and that lane's key.
+//! A lane whose key gets worse while it leads (the assigned one) walks the whole path,
+//! log2(lanes) comparisons; a lane whose new key beats the leader's writes its path without
+//! comparing at all.
 //!
 //! The least key is the root's winner. Walking the keys in order, which only share tiers need
 //! (when the first lane is at its share already), is a best-first search over the tree.
