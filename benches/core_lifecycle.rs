@@ -1,8 +1,9 @@
 //! The core's full task lifecycle (submit → assign → finish) with a standing queue of 1k,
 //! 100k and 1M tasks over 10,000 groups, and the memory each queued task costs.
 //!
-//! `cargo bench --bench core_lifecycle` prints criterion's figures, then a summary line per
-//! queue size with lifecycles/s and the cost ratio from 1k to 1M queued.
+//! `cargo bench --bench core_lifecycle` (a bench of `handyman-core`, kept here with the others)
+//! prints criterion's figures, then a summary line per queue size with lifecycles/s and the
+//! cost ratio from 1k to 1M queued.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
