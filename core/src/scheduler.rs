@@ -52,6 +52,8 @@ pub(crate) struct RunningAttempt {
 #[derive(Debug, Clone)]
 pub(crate) struct Shared<T, K> {
     values: Vec<T>,
+    /// Each value's identity, by number: the first few are searched in turn.
+    keys: Vec<K>,
     numbers: HashMap<K, u32>,
 }
 
@@ -59,19 +61,28 @@ impl<T, K> Default for Shared<T, K> {
     fn default() -> Self {
         Shared {
             values: Vec::new(),
+            keys: Vec::new(),
             numbers: HashMap::default(),
         }
     }
 }
 
-impl<T: Copy, K: std::hash::Hash + Eq> Shared<T, K> {
+impl<T: Copy, K: std::hash::Hash + Eq + Copy> Shared<T, K> {
     /// The number of `value`, whose identity is `key`.
     fn number(&mut self, value: T, key: K) -> u32 {
-        let values = &mut self.values;
-        *self.numbers.entry(key).or_insert_with(|| {
-            values.push(value);
-            values.len() as u32 - 1
-        })
+        let known = if self.keys.len() <= FEW_NAMES {
+            self.keys.iter().position(|k| *k == key).map(|n| n as u32)
+        } else {
+            self.numbers.get(&key).copied()
+        };
+        if let Some(n) = known {
+            return n;
+        }
+        let n = self.values.len() as u32;
+        self.values.push(value);
+        self.keys.push(key);
+        self.numbers.insert(key, n);
+        n
     }
 
     pub fn get(&self, number: u32) -> T {
@@ -989,7 +1000,14 @@ impl Core {
 
     /// The handle of a pool the core knows (one that a task or a slot setting has named).
     pub fn pool_id(&self, pool: &str) -> Option<PoolId> {
-        self.pool_ids.get(pool).map(|&p| PoolId(p))
+        self.find_pool(pool).map(PoolId)
+    }
+
+    fn find_pool(&self, name: &str) -> Option<PoolIdx> {
+        if self.pools.len() <= FEW_NAMES {
+            return position_of(self.pools.iter().map(|p| &p.name), name);
+        }
+        self.pool_ids.get(name).copied()
     }
 
     /// [`Core::free_slots`] for a pool already resolved with [`Core::pool_id`].
@@ -2156,7 +2174,7 @@ impl Core {
     }
 
     fn intern_pool(&mut self, name: &str) -> PoolIdx {
-        if let Some(&p) = self.pool_ids.get(name) {
+        if let Some(p) = self.find_pool(name) {
             return p;
         }
         let p = self.pools.len() as PoolIdx;
@@ -2216,7 +2234,12 @@ impl Core {
     }
 
     fn intern_kind(&mut self, kind: &str) -> u32 {
-        if let Some(&k) = self.kind_numbers.get(kind) {
+        let known = if self.kinds.len() <= FEW_NAMES {
+            position_of(self.kinds.iter(), kind)
+        } else {
+            self.kind_numbers.get(kind).copied()
+        };
+        if let Some(k) = known {
             return k;
         }
         let k = self.kinds.len() as u32;
@@ -2318,6 +2341,15 @@ fn check_batch_cycles(specs: &[TaskSpec]) -> Result<(), SubmitError> {
 }
 
 /// Index of a task id in `Core::tasks`.
+/// Up to this many pools, handler kinds, ageings or backoffs, one is found by comparing it
+/// with each in turn: cheaper than hashing it and probing a table, and a core seldom knows
+/// more. (Five lookups a lifecycle: the pool twice, the kind, the ageing and the backoff.)
+const FEW_NAMES: usize = 8;
+
+fn position_of<'a>(names: impl Iterator<Item = &'a CompactString>, name: &str) -> Option<u32> {
+    names.into_iter().position(|n| n == name).map(|i| i as u32)
+}
+
 pub(crate) fn idx(id: TaskId) -> usize {
     (id - 1) as usize
 }
