@@ -377,7 +377,8 @@ impl Lane {
     }
 
     /// Queues task `id` in the bucket of its `ageing` (`ageing_number` in
-    /// `Core::ageings`) and `priority`.
+    /// `Core::ageings`) and `priority`. Returns whether a bucket's front changed: if not, the
+    /// task joined behind a front, and the lane's head and level timer are as they were.
     pub fn insert(
         &mut self,
         ageing_number: u32,
@@ -386,7 +387,7 @@ impl Lane {
         ready_since: Millis,
         id: TaskId,
         ageings: &[Ageing],
-    ) {
+    ) -> bool {
         let b = match self.find_bucket(ageing_number, priority) {
             Some(b) => b,
             None => self.add_bucket(
@@ -400,12 +401,14 @@ impl Lane {
             self.heads[b].set_entry(Some(key));
             self.queued += 1;
             self.mark_occupancy(b);
-            return;
+            return true;
         }
+        let front = self.heads[b].entry();
         if self.buckets[b].insert(key, &mut self.heads[b]) {
             self.queued += 1;
         }
         self.mark_crowding(b);
+        self.heads[b].entry() != front
     }
 
     pub fn remove(
@@ -729,8 +732,24 @@ mod tests {
                 if insert {
                     let was_new = model.insert((ready_since, id));
                     let before = lane.queued;
-                    lane.insert(ageing, priority, f64::from(priority), ready_since, id, &ageings);
+                    let mut memo = WaitMemo::default();
+                    let seen = |lane: &Lane, memo: &mut WaitMemo| -> Vec<(Option<TaskId>, Option<Millis>)> {
+                        [0, 4_000, 9_000, 90_000]
+                            .map(|now| {
+                                let head = lane.head(now, &ageings).map(|h| h.id);
+                                (head, lane.next_level_change(now, 3.5, &ageings, memo))
+                            })
+                            .to_vec()
+                    };
+                    let seen_before = seen(&lane, &mut memo);
+                    let fronts_moved =
+                        lane.insert(ageing, priority, f64::from(priority), ready_since, id, &ageings);
                     proptest::prop_assert_eq!(lane.queued, before + u32::from(was_new));
+                    // The core skips the re-key of a lane whose fronts stayed: it must lose
+                    // nothing a re-key would see.
+                    if !fronts_moved {
+                        proptest::prop_assert_eq!(seen(&lane, &mut memo), seen_before);
+                    }
                 } else {
                     let was_queued = model.remove(&(ready_since, id));
                     proptest::prop_assert_eq!(lane.remove(ageing, priority, ready_since, id), was_queued);

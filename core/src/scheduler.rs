@@ -2047,12 +2047,25 @@ impl Core {
         let ageing = t.ageing;
         let ready = t.ready_since.unwrap_or(self.now);
         let was = self.lanes[lane as usize].contends();
-        self.lanes[lane as usize].insert(ageing, priority, score, ready, id, self.ageings.values());
+        let fronts_moved = self.lanes[lane as usize].insert(
+            ageing,
+            priority,
+            score,
+            ready,
+            id,
+            self.ageings.values(),
+        );
         let (g, p) = (t.group, t.pool);
         self.groups[g as usize].queued += 1;
         self.pools[p as usize].queued += 1;
         self.update_contention(lane, was);
-        self.mark_dirty(lane);
+        // A task that joins behind a bucket's front changes neither the lane's head nor its
+        // level timer: its key stays as an untouched lane's does, stale within its level
+        // until a timer or a change of its fronts or its group re-keys it. (A re-key here
+        // would search the lane's heads again, at 1M queued most of a lifecycle's misses.)
+        if fronts_moved {
+            self.mark_dirty(lane);
+        }
     }
 
     fn dequeue(&mut self, id: TaskId) {
