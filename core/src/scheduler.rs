@@ -2062,7 +2062,8 @@ impl Core {
         // A task that joins behind a bucket's front changes neither the lane's head nor its
         // level timer: its key stays as an untouched lane's does, stale within its level
         // until a timer or a change of its fronts or its group re-keys it. (A re-key here
-        // would search the lane's heads again, at 1M queued most of a lifecycle's misses.)
+        // searched the lane's heads again: skipping it saved a tenth of a lifecycle's
+        // instructions at 1M queued, where lanes are long.)
         if fronts_moved {
             self.mark_dirty(lane);
         }
@@ -2353,16 +2354,16 @@ fn check_batch_cycles(specs: &[TaskSpec]) -> Result<(), SubmitError> {
     Err(SubmitError::DependencyCycle { entries })
 }
 
-/// Index of a task id in `Core::tasks`.
 /// Up to this many pools, handler kinds, ageings or backoffs, one is found by comparing it
 /// with each in turn: cheaper than hashing it and probing a table, and a core seldom knows
 /// more. (Five lookups a lifecycle: the pool twice, the kind, the ageing and the backoff.)
 const FEW_NAMES: usize = 8;
 
-fn position_of<'a>(names: impl Iterator<Item = &'a CompactString>, name: &str) -> Option<u32> {
-    names.into_iter().position(|n| n == name).map(|i| i as u32)
+fn position_of<'a>(mut names: impl Iterator<Item = &'a CompactString>, name: &str) -> Option<u32> {
+    names.position(|n| n == name).map(|i| i as u32)
 }
 
+/// Index of a task id in `Core::tasks`.
 pub(crate) fn idx(id: TaskId) -> usize {
     (id - 1) as usize
 }
