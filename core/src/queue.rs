@@ -722,6 +722,8 @@ mod tests {
             let ageings = [Ageing::None, Ageing::Linear { per_minute: 60.0, cap: 5.0 }];
             let mut lane = Lane::new(0, 0, 0);
             let mut model = std::collections::BTreeSet::new();
+            // Before, between and after the ready times, and once every boost is at its cap.
+            let times = [0, 4_000, 9_000, 90_000];
             for (insert, id) in ops {
                 // A task's id fixes its bucket and its ready time, as in the core; ready times
                 // out of id order make inserts land at the front and in the middle too.
@@ -734,7 +736,7 @@ mod tests {
                     let before = lane.queued;
                     let mut memo = WaitMemo::default();
                     let seen = |lane: &Lane, memo: &mut WaitMemo| -> Vec<(Option<TaskId>, Option<Millis>)> {
-                        [0, 4_000, 9_000, 90_000]
+                        times
                             .map(|now| {
                                 let head = lane.head(now, &ageings).map(|h| h.id);
                                 (head, lane.next_level_change(now, 3.5, &ageings, memo))
@@ -762,7 +764,7 @@ mod tests {
                 for &(ready, id) in &model {
                     proptest::prop_assert!(lane.contains(ready, id));
                 }
-                for now in [0, 4_000, 9_000, 90_000] {
+                for now in times {
                     proptest::prop_assert_eq!(
                         lane.head(now, &ageings).map(|h| h.id),
                         brute_force_head(&lane, now, &ageings)

@@ -1004,10 +1004,7 @@ impl Core {
     }
 
     fn find_pool(&self, name: &str) -> Option<PoolIdx> {
-        if self.pools.len() <= FEW_NAMES {
-            return position_of(self.pools.iter().map(|p| &p.name), name);
-        }
-        self.pool_ids.get(name).copied()
+        find_name(self.pools.iter().map(|p| &p.name), &self.pool_ids, name)
     }
 
     /// [`Core::free_slots`] for a pool already resolved with [`Core::pool_id`].
@@ -2248,12 +2245,7 @@ impl Core {
     }
 
     fn intern_kind(&mut self, kind: &str) -> u32 {
-        let known = if self.kinds.len() <= FEW_NAMES {
-            position_of(self.kinds.iter(), kind)
-        } else {
-            self.kind_numbers.get(kind).copied()
-        };
-        if let Some(k) = known {
+        if let Some(k) = find_name(self.kinds.iter(), &self.kind_numbers, kind) {
             return k;
         }
         let k = self.kinds.len() as u32;
@@ -2359,8 +2351,16 @@ fn check_batch_cycles(specs: &[TaskSpec]) -> Result<(), SubmitError> {
 /// more. (Five lookups a lifecycle: the pool twice, the kind, the ageing and the backoff.)
 const FEW_NAMES: usize = 8;
 
-fn position_of<'a>(mut names: impl Iterator<Item = &'a CompactString>, name: &str) -> Option<u32> {
-    names.position(|n| n == name).map(|i| i as u32)
+/// The number of `name` among `names` (numbered in order, and also filed in `numbers`).
+fn find_name<'a>(
+    mut names: impl ExactSizeIterator<Item = &'a CompactString>,
+    numbers: &HashMap<CompactString, u32>,
+    name: &str,
+) -> Option<u32> {
+    if names.len() <= FEW_NAMES {
+        return names.position(|n| n == name).map(|i| i as u32);
+    }
+    numbers.get(name).copied()
 }
 
 /// Index of a task id in `Core::tasks`.
