@@ -238,6 +238,8 @@ pub(crate) struct Lane {
     pub slot: u32,
     /// When the lane's level next changes, if it sits in the index and ages.
     pub level_timer: Option<Millis>,
+    /// When the lane was last re-keyed: while that is now, its key's head is its head.
+    pub keyed_at: Millis,
     /// Touched since it was last re-keyed.
     pub dirty: bool,
 }
@@ -304,6 +306,7 @@ impl Lane {
             queued: 0,
             running: 0,
             level_timer: None,
+            keyed_at: 0,
             dirty: false,
         }
     }

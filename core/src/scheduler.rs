@@ -803,8 +803,14 @@ impl Core {
             return None;
         }
         let lane = self.choose_lane(p)?;
-        let head = self.lanes[lane as usize].head(self.now, self.ageings.values())?;
-        let id = head.id;
+        let l = &self.lanes[lane as usize];
+        // A lane re-keyed at this very time (nearly always the chosen one: it was touched
+        // since the last decision) has its head in its key; an older key may name a head
+        // that another bucket's ageing has overtaken within its level.
+        let id = match self.pools[p as usize].index.key(l.slot) {
+            Some(key) if l.keyed_at == self.now => key.head_id,
+            _ => l.head(self.now, self.ageings.values())?.id,
+        };
         let attempt = self.tasks[idx(id)].attempt + 1;
         let pool = self.pools[p as usize].name.clone();
         self.emit(EventKind::Assigned { id, attempt, pool });
@@ -2135,6 +2141,7 @@ impl Core {
             || self.config.injected_bug == Some(InjectedBug::IgnoreGroupCaps);
         let mut new_key = None;
         let mut new_timer = None;
+        lane.keyed_at = now;
         if lane.queued > 0 && under_cap {
             if let Some(head) = lane.head(now, self.ageings.values()) {
                 let bonus = self
