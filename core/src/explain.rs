@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::journal::InterruptReason;
+use crate::policy::Policy;
 use crate::scheduler::{idx, Core};
 use crate::types::{TaskError, TaskState};
 use crate::{Millis, TaskId};

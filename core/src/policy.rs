@@ -48,12 +48,70 @@ impl PolicyKind {
 
     /// Builds the policy object.
     pub fn build(self) -> Box<dyn Policy> {
+        Box::new(self.built_in())
+    }
+
+    /// The policy as the core holds it.
+    pub(crate) fn built_in(self) -> BuiltInPolicy {
         match self {
-            PolicyKind::Handyman => Box::new(HandymanPolicy),
-            PolicyKind::Multifactor => Box::new(MultifactorPolicy::default()),
-            PolicyKind::StrictPriority => Box::new(StrictPriorityPolicy),
-            PolicyKind::Fifo => Box::new(FifoPolicy),
+            PolicyKind::Handyman => BuiltInPolicy::Handyman(HandymanPolicy),
+            PolicyKind::Multifactor => BuiltInPolicy::Multifactor(MultifactorPolicy::default()),
+            PolicyKind::StrictPriority => BuiltInPolicy::StrictPriority(StrictPriorityPolicy),
+            PolicyKind::Fifo => BuiltInPolicy::Fifo(FifoPolicy),
         }
+    }
+}
+
+/// One of the built-in policies, called without a virtual call: a lifecycle asks its policy
+/// about a dozen questions, and through `dyn Policy` none of the answers (a `floor`, a
+/// constant `true`) could be inlined into the code that asked.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum BuiltInPolicy {
+    Handyman(HandymanPolicy),
+    Multifactor(MultifactorPolicy),
+    StrictPriority(StrictPriorityPolicy),
+    Fifo(FifoPolicy),
+}
+
+/// Calls `$method` on whichever policy `$self` holds.
+macro_rules! delegate {
+    ($self:ident, $policy:ident => $call:expr) => {
+        match $self {
+            BuiltInPolicy::Handyman($policy) => $call,
+            BuiltInPolicy::Multifactor($policy) => $call,
+            BuiltInPolicy::StrictPriority($policy) => $call,
+            BuiltInPolicy::Fifo($policy) => $call,
+        }
+    };
+}
+
+impl Policy for BuiltInPolicy {
+    fn kind(&self) -> PolicyKind {
+        delegate!(self, p => p.kind())
+    }
+    fn ageing_for(&self, requested: Ageing) -> Ageing {
+        delegate!(self, p => p.ageing_for(requested))
+    }
+    fn base_score(&self, priority: i32) -> f64 {
+        delegate!(self, p => p.base_score(priority))
+    }
+    fn group_bonus(&self, decayed_usage_ms: f64, weight: u32) -> f64 {
+        delegate!(self, p => p.group_bonus(decayed_usage_ms, weight))
+    }
+    fn level_of(&self, score: f64) -> i64 {
+        delegate!(self, p => p.level_of(score))
+    }
+    fn level_start(&self, level: i64) -> f64 {
+        delegate!(self, p => p.level_start(level))
+    }
+    fn orders_groups_by_share(&self) -> bool {
+        delegate!(self, p => p.orders_groups_by_share())
+    }
+    fn uses_share_tiers(&self) -> bool {
+        delegate!(self, p => p.uses_share_tiers())
+    }
+    fn starvation_bound(&self) -> &'static str {
+        delegate!(self, p => p.starvation_bound())
     }
 }
 

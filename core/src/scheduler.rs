@@ -21,7 +21,7 @@ use smallvec::SmallVec;
 use crate::ageing::{Ageing, AgeingClassKey, WaitMemo};
 use crate::journal::{AttemptOutcome, Event, EventKind, InterruptReason};
 use crate::lane_index::LaneIndex;
-use crate::policy::Policy;
+use crate::policy::{BuiltInPolicy, Policy};
 use crate::queue::{order_bits, GroupIdx, Lane, LaneIdx, LaneKey, PoolIdx};
 use crate::spec::{Backoff, DepRef, GroupConfig, TaskSpec, TimeoutMode};
 use crate::types::*;
@@ -447,7 +447,7 @@ pub(crate) fn attempt_effect(
 #[derive(Debug)]
 pub struct Core {
     pub(crate) config: CoreConfig,
-    pub(crate) policy: Box<dyn Policy>,
+    pub(crate) policy: BuiltInPolicy,
     pub(crate) tasks: Vec<Task>,
     pub(crate) attempts: Attempts,
     pub(crate) ageings: Shared<Ageing, AgeingClassKey>,
@@ -505,7 +505,7 @@ pub struct Core {
 impl Core {
     /// An empty core.
     pub fn new(config: CoreConfig) -> Core {
-        let policy = config.policy.build();
+        let policy = config.policy.built_in();
         Core {
             config,
             policy,
@@ -575,7 +575,7 @@ impl Core {
     }
 
     pub fn policy(&self) -> &dyn Policy {
-        self.policy.as_ref()
+        &self.policy
     }
 
     /// The latest `now` seen.
