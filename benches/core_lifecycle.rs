@@ -2,8 +2,8 @@
 //! 100k and 1M tasks over 10,000 groups, and the memory each queued task costs.
 //!
 //! `cargo bench --bench core_lifecycle` (a bench of `handyman-core`, kept here with the others)
-//! prints criterion's figures, then a summary line per queue size with lifecycles/s and the
-//! cost ratio from 1k to 1M queued.
+//! prints a summary line per queue size with lifecycles/s and the cost ratio from 1k to 1M
+//! queued, then criterion's figures.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -151,34 +151,53 @@ fn lifecycles(c: &mut Criterion) {
 }
 
 /// Median-of-runs figures printed for the README, measured in this same process.
+///
+/// The three queue sizes take turns, a run of each per round, so that a slow spell of a
+/// shared machine falls on all of them alike; the cost growth is the median of the rounds'
+/// own 1M-to-1k ratios. (Measured one size after another, minutes apart, the ratio moved
+/// with the machine's load by as much as the growth itself.)
 fn summary() {
-    let mut per_op = Vec::new();
-    for queued in [1_000u64, 100_000, 1_000_000] {
+    const SIZES: [u64; 3] = [1_000, 100_000, 1_000_000];
+    const ROUNDS: usize = 7;
+    const LIFECYCLES_PER_RUN: u32 = 200_000;
+    // Room made first, so that only the queues' own bytes are counted.
+    let mut benches = Vec::with_capacity(SIZES.len());
+    let mut bytes_per_task = Vec::with_capacity(SIZES.len());
+    for queued in SIZES {
         let before = LIVE_BYTES.load(Ordering::Relaxed);
-        let mut bench = standing_queue(queued);
+        benches.push(standing_queue(queued));
         let after = LIVE_BYTES.load(Ordering::Relaxed);
-        let bytes_per_task = (after - before) as f64 / queued as f64;
-        let mut runs = Vec::new();
-        for _ in 0..7 {
-            let n = 200_000;
+        bytes_per_task.push((after - before) as f64 / queued as f64);
+    }
+    let mut runs = vec![Vec::new(); SIZES.len()];
+    for _ in 0..ROUNDS {
+        for (bench, runs) in benches.iter_mut().zip(&mut runs) {
             let start = Instant::now();
-            for _ in 0..n {
+            for _ in 0..LIFECYCLES_PER_RUN {
                 bench.lifecycle();
             }
-            runs.push(start.elapsed().as_secs_f64() * 1e9 / n as f64);
+            runs.push(start.elapsed().as_secs_f64() * 1e9 / f64::from(LIFECYCLES_PER_RUN));
         }
-        runs.sort_by(|a, b| a.total_cmp(b));
-        let median_ns = runs[runs.len() / 2];
-        per_op.push(median_ns);
+    }
+    let median = |values: &[f64]| {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        sorted[sorted.len() / 2]
+    };
+    for ((queued, runs), bytes_per_task) in SIZES.iter().zip(&runs).zip(&bytes_per_task) {
+        let median_ns = median(runs);
         println!(
             "summary: queued={queued:>9} groups={GROUPS} median {median_ns:>7.0} ns/lifecycle = {:>9.0} lifecycles/s; {bytes_per_task:.0} bytes per queued task (incl. its terminal record)",
             1e9 / median_ns
         );
-        drop(bench);
     }
+    let growth: Vec<f64> = runs[2].iter().zip(&runs[0]).map(|(m, k)| m / k).collect();
+    let (least, most) = growth
+        .iter()
+        .fold((f64::MAX, 0.0f64), |(lo, hi), &g| (lo.min(g), hi.max(g)));
     println!(
-        "summary: cost per lifecycle 1M vs 1k queued: {:.2}x",
-        per_op[2] / per_op[0]
+        "summary: cost per lifecycle 1M vs 1k queued: {:.2}x (median of {ROUNDS} rounds; {least:.2}x to {most:.2}x)",
+        median(&growth)
     );
 }
 
