@@ -73,7 +73,7 @@ pub(crate) enum BuiltInPolicy {
     Fifo(FifoPolicy),
 }
 
-/// Calls `$method` on whichever policy `$self` holds.
+/// Evaluates `$call` with `$policy` bound to whichever policy `$self` holds.
 macro_rules! delegate {
     ($self:ident, $policy:ident => $call:expr) => {
         match $self {

@@ -804,9 +804,9 @@ impl Core {
         }
         let lane = self.choose_lane(p)?;
         let l = &self.lanes[lane as usize];
-        // A lane re-keyed at this very time (nearly always the chosen one: it was touched
-        // since the last decision) has its head in its key; an older key may name a head
-        // that another bucket's ageing has overtaken within its level.
+        // A lane re-keyed at this very time has its head in its key: about half the time in
+        // the core bench, the chosen lane is one a new task just came to lead. An older key
+        // may name a head that another bucket's ageing has overtaken within its level.
         let id = match self.pools[p as usize].index.key(l.slot) {
             Some(key) if l.keyed_at == self.now => key.head_id,
             _ => l.head(self.now, self.ageings.values())?.id,
