@@ -75,9 +75,16 @@ impl<T: Copy, K: std::hash::Hash + Eq + Copy> Shared<T, K> {
         } else {
             self.numbers.get(&key).copied()
         };
-        if let Some(n) = known {
-            return n;
+        match known {
+            Some(n) => n,
+            None => self.add(value, key),
         }
+    }
+
+    /// Once per distinct value: out of the code every submit runs.
+    #[cold]
+    #[inline(never)]
+    fn add(&mut self, value: T, key: K) -> u32 {
         let n = self.values.len() as u32;
         self.values.push(value);
         self.keys.push(key);
@@ -1759,32 +1766,11 @@ impl Core {
                 self.tasks.len() + 1
             ));
         }
-        let mut deps = Vec::with_capacity(spec.depends_on.len());
-        for dep in &spec.depends_on {
-            match *dep {
-                DepRef::Task(d) if idx_checked(d).is_some_and(|i| i < self.tasks.len()) => {
-                    deps.push(d)
-                }
-                other => return Err(format!("task {id}: unresolved dependency {other:?}")),
-            }
-        }
-        deps.sort_unstable();
-        deps.dedup();
-        let mut deps_pending = 0;
-        let mut failed_dependency = Maybe::NONE;
-        for &d in &deps {
-            let dep = &mut self.tasks[idx(d)];
-            match dep.state {
-                TaskState::Succeeded => {}
-                TaskState::Failed | TaskState::Cancelled => {
-                    failed_dependency.get_or_insert(d);
-                }
-                _ => {
-                    deps_pending += 1;
-                    dep.dependents.get_or_insert_with(Box::default).push(id);
-                }
-            }
-        }
+        let (deps, deps_pending, failed_dependency) = if spec.depends_on.is_empty() {
+            (Vec::new(), 0, Maybe::NONE)
+        } else {
+            self.resolve_dependencies(id, &spec.depends_on)?
+        };
         let pool = self.intern_pool(&spec.pool);
         let group = self.intern_group(&spec.group);
         let lane = self.intern_lane(pool, group);
@@ -1794,36 +1780,16 @@ impl Core {
         let backoff = self
             .backoffs
             .number(spec.backoff, backoff_key(&spec.backoff));
-        let dep_group: Option<Arc<str>> = spec.dependency_group.as_deref().map(Arc::from);
-        if let Some(g) = &dep_group {
-            let dg = self.dep_groups.entry(g.clone()).or_default();
-            dg.members.entry(spec.rank).or_default().insert(id);
-            if deps_pending == 0 && failed_dependency.is_none() {
-                dg.add_ready(spec.rank);
-            }
-        }
-        if let Some(key) = &spec.dedup_key {
-            self.dedup.insert(key.as_str().into(), id);
-        }
         let rare = !deps.is_empty()
-            || dep_group.is_some()
+            || spec.dependency_group.is_some()
             || spec.rank != 0
             || spec.dedup_key.is_some()
             || !spec.on_success.is_empty()
             || !spec.on_failure.is_empty()
             || parent.is_some();
         let extra = rare.then(|| {
-            Box::new(TaskExtra {
-                deps: deps.into_boxed_slice(),
-                failed_dependency,
-                dep_group,
-                rank: spec.rank,
-                dedup_key: spec.dedup_key.as_deref().map(Box::from),
-                on_success: spec.on_success.clone(),
-                on_failure: spec.on_failure.clone(),
-                reason: None,
-                parent,
-            })
+            let ready = deps_pending == 0 && failed_dependency.is_none();
+            self.file_rare_parts(id, spec, parent, deps, failed_dependency, ready)
         });
         self.tasks.push(Task {
             kind,
@@ -1857,6 +1823,84 @@ impl Core {
         });
         self.counts.waiting += 1;
         Ok(())
+    }
+
+    /// A new task's dependencies as ids, how many of them are unfinished, and one that
+    /// failed, if any; registers the task as a dependent of the unfinished ones. Out of line
+    /// (as is [`Core::file_rare_parts`]): most tasks have none, and the code every task runs
+    /// stays short.
+    #[cold]
+    #[inline(never)]
+    fn resolve_dependencies(
+        &mut self,
+        id: TaskId,
+        depends_on: &[DepRef],
+    ) -> Result<(Vec<TaskId>, u32, Maybe), String> {
+        let mut deps = Vec::with_capacity(depends_on.len());
+        for dep in depends_on {
+            match *dep {
+                DepRef::Task(d) if idx_checked(d).is_some_and(|i| i < self.tasks.len()) => {
+                    deps.push(d)
+                }
+                other => return Err(format!("task {id}: unresolved dependency {other:?}")),
+            }
+        }
+        deps.sort_unstable();
+        deps.dedup();
+        let mut deps_pending = 0;
+        let mut failed_dependency = Maybe::NONE;
+        for &d in &deps {
+            let dep = &mut self.tasks[idx(d)];
+            match dep.state {
+                TaskState::Succeeded => {}
+                TaskState::Failed | TaskState::Cancelled => {
+                    failed_dependency.get_or_insert(d);
+                }
+                _ => {
+                    deps_pending += 1;
+                    dep.dependents.get_or_insert_with(Box::default).push(id);
+                }
+            }
+        }
+        Ok((deps, deps_pending, failed_dependency))
+    }
+
+    /// Files a new task in its dependency group (among the ready members if
+    /// `dependencies_done`) and under its dedup key, and builds the part of its record that
+    /// only some tasks have.
+    #[cold]
+    #[inline(never)]
+    fn file_rare_parts(
+        &mut self,
+        id: TaskId,
+        spec: &TaskSpec,
+        parent: Option<TaskId>,
+        deps: Vec<TaskId>,
+        failed_dependency: Maybe,
+        dependencies_done: bool,
+    ) -> Box<TaskExtra> {
+        let dep_group: Option<Arc<str>> = spec.dependency_group.as_deref().map(Arc::from);
+        if let Some(g) = &dep_group {
+            let dg = self.dep_groups.entry(g.clone()).or_default();
+            dg.members.entry(spec.rank).or_default().insert(id);
+            if dependencies_done {
+                dg.add_ready(spec.rank);
+            }
+        }
+        if let Some(key) = &spec.dedup_key {
+            self.dedup.insert(key.as_str().into(), id);
+        }
+        Box::new(TaskExtra {
+            deps: deps.into_boxed_slice(),
+            failed_dependency,
+            dep_group,
+            rank: spec.rank,
+            dedup_key: spec.dedup_key.as_deref().map(Box::from),
+            on_success: spec.on_success.clone(),
+            on_failure: spec.on_failure.clone(),
+            reason: None,
+            parent,
+        })
     }
 
     fn apply_terminal(
@@ -2192,9 +2236,17 @@ impl Core {
     }
 
     fn intern_pool(&mut self, name: &str) -> PoolIdx {
-        if let Some(p) = self.find_pool(name) {
-            return p;
+        match self.find_pool(name) {
+            Some(p) => p,
+            None => self.add_pool(name),
         }
+    }
+
+    // The `add_*` functions run once per name or lane, and are kept out of the code every
+    // submit runs.
+    #[cold]
+    #[inline(never)]
+    fn add_pool(&mut self, name: &str) -> PoolIdx {
         let p = self.pools.len() as PoolIdx;
         self.pool_ids.insert(CompactString::from(name), p);
         self.pools.push(Pool {
@@ -2210,9 +2262,15 @@ impl Core {
     }
 
     fn intern_group(&mut self, name: &str) -> GroupIdx {
-        if let Some(&g) = self.group_ids.get(name) {
-            return g;
+        match self.group_ids.get(name) {
+            Some(&g) => g,
+            None => self.add_group(name),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn add_group(&mut self, name: &str) -> GroupIdx {
         let g = self.groups.len() as GroupIdx;
         self.group_ids.insert(CompactString::from(name), g);
         self.groups.push(Group {
@@ -2240,9 +2298,15 @@ impl Core {
         } else {
             self.lane_ids.get(&(pool, group)).copied()
         };
-        if let Some(l) = known {
-            return l;
+        match known {
+            Some(l) => l,
+            None => self.add_lane(pool, group),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn add_lane(&mut self, pool: PoolIdx, group: GroupIdx) -> LaneIdx {
         let l = self.lanes.len() as LaneIdx;
         let slot = self.pools[pool as usize].index.add_slot(l);
         self.lanes.push(Lane::new(pool, group, slot));
@@ -2252,9 +2316,15 @@ impl Core {
     }
 
     fn intern_kind(&mut self, kind: &str) -> u32 {
-        if let Some(k) = find_name(self.kinds.iter(), &self.kind_numbers, kind) {
-            return k;
+        match find_name(self.kinds.iter(), &self.kind_numbers, kind) {
+            Some(k) => k,
+            None => self.add_kind(kind),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn add_kind(&mut self, kind: &str) -> u32 {
         let k = self.kinds.len() as u32;
         self.kinds.push(CompactString::from(kind));
         self.kind_numbers.insert(CompactString::from(kind), k);
