@@ -1259,29 +1259,40 @@ impl Core {
                     reason: "cancelled while running".to_string(),
                 },
             ),
-            AttemptEffect::Failure => {
-                let failures = t.failures;
-                if fatal {
-                    self.finish_task(
-                        id,
-                        EventKind::Failed {
-                            id,
-                            reason: failure_message,
-                        },
-                    );
-                } else if failures <= t.max_retries {
-                    let backoff = self.backoffs.get(t.backoff);
-                    let delay =
-                        retry_after.unwrap_or_else(|| self.backoff_delay(id, failures, &backoff));
-                    let due = self.now.saturating_add(delay).min(END_OF_TIME);
-                    self.emit(EventKind::RetryScheduled { id, due });
-                } else {
-                    let reason = format!(
-                        "gave up after {failures} failed attempts; last: {failure_message}"
-                    );
-                    self.finish_task(id, EventKind::Failed { id, reason });
-                }
-            }
+            AttemptEffect::Failure => self.after_failure(id, fatal, failure_message, retry_after),
+        }
+    }
+
+    /// A failed attempt's sequel: a retry after its backoff, or the task's failure. Out of
+    /// line, as most attempts succeed.
+    #[cold]
+    #[inline(never)]
+    fn after_failure(
+        &mut self,
+        id: TaskId,
+        fatal: bool,
+        failure_message: String,
+        retry_after: Option<Millis>,
+    ) {
+        let t = &self.tasks[idx(id)];
+        let failures = t.failures;
+        if fatal {
+            self.finish_task(
+                id,
+                EventKind::Failed {
+                    id,
+                    reason: failure_message,
+                },
+            );
+        } else if failures <= t.max_retries {
+            let backoff = self.backoffs.get(t.backoff);
+            let delay = retry_after.unwrap_or_else(|| self.backoff_delay(id, failures, &backoff));
+            let due = self.now.saturating_add(delay).min(END_OF_TIME);
+            self.emit(EventKind::RetryScheduled { id, due });
+        } else {
+            let reason =
+                format!("gave up after {failures} failed attempts; last: {failure_message}");
+            self.finish_task(id, EventKind::Failed { id, reason });
         }
     }
 
@@ -1321,6 +1332,18 @@ impl Core {
         }
         let succeeded = matches!(terminal, EventKind::Succeeded { .. });
         self.emit(terminal);
+        let t = &self.tasks[idx(id)];
+        if t.dependents.is_some() || t.extra.is_some() {
+            self.after_terminal(id, succeeded);
+        }
+    }
+
+    /// What a task's end sets off: dependents released or cancelled, lower ranks of its
+    /// dependency group released, follow-up tasks submitted. Out of line: most tasks have
+    /// none of these, and the code every task's end runs stays short.
+    #[cold]
+    #[inline(never)]
+    fn after_terminal(&mut self, id: TaskId, succeeded: bool) {
         let dependents: Vec<TaskId> = self.tasks[idx(id)].dependents().to_vec();
         if succeeded {
             for d in dependents {
@@ -1573,7 +1596,10 @@ impl Core {
 
     fn apply(&mut self, event: &Event) -> Result<(), String> {
         if event.at > END_OF_TIME {
-            return Err(format!("event time {} is past the core's clock", event.at));
+            return Err(refused(format_args!(
+                "event time {} is past the core's clock",
+                event.at
+            )));
         }
         if event.at > self.now {
             self.now = event.at;
@@ -1585,18 +1611,7 @@ impl Core {
                 self.pools[p as usize].slots = *slots;
             }
             EventKind::GroupConfigured { group, config } => {
-                let g = self.intern_group(group);
-                let old_weight = u64::from(self.groups[g as usize].config.weight);
-                self.groups[g as usize].config = *config;
-                for lane in self.groups[g as usize].lanes.clone() {
-                    let l = &self.lanes[lane as usize];
-                    if l.contends() {
-                        let pool = &mut self.pools[l.pool as usize];
-                        pool.contending_weight =
-                            pool.contending_weight - old_weight + u64::from(config.weight);
-                    }
-                    self.mark_dirty(lane);
-                }
+                self.apply_group_configured(group, config);
             }
             EventKind::Submitted { id, spec, parent } => {
                 self.apply_submitted(*id, spec, *parent, at)?
@@ -1607,23 +1622,21 @@ impl Core {
                 self.set_state(*id, TaskState::Queued);
                 self.enqueue(*id);
             }
-            EventKind::Blocked { id } => {
-                self.task_mut(*id, &[TaskState::Queued])?;
-                self.dequeue(*id);
-                self.set_state(*id, TaskState::Waiting);
-            }
+            EventKind::Blocked { id } => self.apply_blocked(*id)?,
             EventKind::Assigned { id, attempt, pool } => {
                 let t = self.task_mut(*id, &[TaskState::Queued])?;
                 if *attempt != t.attempt + 1 {
-                    return Err(format!(
+                    return Err(refused(format_args!(
                         "task {id}: assigned attempt {attempt}, expected {}",
                         t.attempt + 1
-                    ));
+                    )));
                 }
                 let deadline = at.saturating_add(t.max_runtime_ms);
                 let (lane, task_pool) = (t.lane, t.pool);
                 if *self.pools[task_pool as usize].name != **pool {
-                    return Err(format!("task {id} assigned in pool {pool}, not its own"));
+                    return Err(refused(format_args!(
+                        "task {id} assigned in pool {pool}, not its own"
+                    )));
                 }
                 // The lane counts the attempt before the task leaves its queue, so that it
                 // never stops contending in between.
@@ -1660,35 +1673,14 @@ impl Core {
                 let r = self
                     .attempts
                     .get_mut(slot)
-                    .ok_or_else(|| format!("task {id}: not running"))?;
+                    .ok_or_else(|| refused(format_args!("task {id}: not running")))?;
                 r.started_at = Some(at);
             }
             EventKind::InterruptRequested {
                 id,
                 attempt,
                 reason,
-            } => {
-                let grace = self.config.interrupt_grace_ms;
-                let t = self.task_mut(*id, &[TaskState::Running])?;
-                check_attempt(*id, t.attempt, *attempt)?;
-                if *reason == InterruptReason::Cancel {
-                    t.cancel_requested = true;
-                }
-                let slot = t.running;
-                let r = self
-                    .attempts
-                    .get_mut(slot)
-                    .ok_or_else(|| format!("task {id}: not running"))?;
-                if r.interrupt.is_none() {
-                    let old = r.deadline;
-                    r.interrupt = Some((*reason, at));
-                    let timer = at.saturating_add(grace);
-                    if timer != old {
-                        self.push_deadline(timer, *id, slot);
-                        self.drop_stale_deadlines_on_top();
-                    }
-                }
-            }
+            } => self.apply_interrupt_requested(*id, *attempt, *reason, at)?,
             EventKind::AttemptEnded {
                 id,
                 attempt,
@@ -1700,7 +1692,7 @@ impl Core {
                 let r = self
                     .attempts
                     .take(&mut t.running)
-                    .ok_or_else(|| format!("task {id}: not running"))?;
+                    .ok_or_else(|| refused(format_args!("task {id}: not running")))?;
                 match attempt_effect(outcome, r.interrupt.map(|(x, _)| x), t.on_timeout) {
                     AttemptEffect::Failure => t.failures += 1,
                     AttemptEffect::Continue => t.continues += 1,
@@ -1712,31 +1704,8 @@ impl Core {
                 self.charge(g, *ran_ms, at);
                 self.refresh_group_lanes(g);
             }
-            EventKind::RetryScheduled { id, due } => {
-                let t = self.task_mut(*id, &[TaskState::Running])?;
-                if t.running.is_some() {
-                    return Err(format!("task {id}: retry scheduled while its attempt runs"));
-                }
-                if *due > END_OF_TIME {
-                    return Err(format!(
-                        "task {id}: retry due at {due}, past the core's clock"
-                    ));
-                }
-                t.retry_due = Maybe::some(*due);
-                self.retries.insert((*due, *id));
-                self.set_state(*id, TaskState::Retrying);
-            }
-            EventKind::Requeued { id } => {
-                let t = self.task_mut(*id, &[TaskState::Running, TaskState::Retrying])?;
-                if t.running.is_some() {
-                    return Err(format!("task {id}: requeued while its attempt runs"));
-                }
-                if let Some(due) = t.retry_due.take() {
-                    self.retries.remove(&(due, *id));
-                }
-                self.set_state(*id, TaskState::Queued);
-                self.enqueue(*id);
-            }
+            EventKind::RetryScheduled { id, due } => self.apply_retry_scheduled(*id, *due)?,
+            EventKind::Requeued { id } => self.apply_requeued(*id)?,
             EventKind::Succeeded { id } => {
                 self.apply_terminal(*id, TaskState::Succeeded, None, at)?
             }
@@ -1750,6 +1719,104 @@ impl Core {
                 self.task_ref(*id).map_err(|e| e.to_string())?;
             }
         }
+        Ok(())
+    }
+
+    // The events of a task's less usual paths (blocked by a rank, interrupted, retried,
+    // re-queued) and group settings are applied out of line: the code every lifecycle's
+    // events run stays short.
+    #[cold]
+    #[inline(never)]
+    fn apply_group_configured(&mut self, group: &str, config: &GroupConfig) {
+        let g = self.intern_group(group);
+        let old_weight = u64::from(self.groups[g as usize].config.weight);
+        self.groups[g as usize].config = *config;
+        for lane in self.groups[g as usize].lanes.clone() {
+            let l = &self.lanes[lane as usize];
+            if l.contends() {
+                let pool = &mut self.pools[l.pool as usize];
+                pool.contending_weight =
+                    pool.contending_weight - old_weight + u64::from(config.weight);
+            }
+            self.mark_dirty(lane);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn apply_blocked(&mut self, id: TaskId) -> Result<(), String> {
+        self.task_mut(id, &[TaskState::Queued])?;
+        self.dequeue(id);
+        self.set_state(id, TaskState::Waiting);
+        Ok(())
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn apply_interrupt_requested(
+        &mut self,
+        id: TaskId,
+        attempt: u32,
+        reason: InterruptReason,
+        at: Millis,
+    ) -> Result<(), String> {
+        let grace = self.config.interrupt_grace_ms;
+        let t = self.task_mut(id, &[TaskState::Running])?;
+        check_attempt(id, t.attempt, attempt)?;
+        if reason == InterruptReason::Cancel {
+            t.cancel_requested = true;
+        }
+        let slot = t.running;
+        let r = self
+            .attempts
+            .get_mut(slot)
+            .ok_or_else(|| refused(format_args!("task {id}: not running")))?;
+        if r.interrupt.is_none() {
+            let old = r.deadline;
+            r.interrupt = Some((reason, at));
+            let timer = at.saturating_add(grace);
+            if timer != old {
+                self.push_deadline(timer, id, slot);
+                self.drop_stale_deadlines_on_top();
+            }
+        }
+        Ok(())
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn apply_retry_scheduled(&mut self, id: TaskId, due: Millis) -> Result<(), String> {
+        let t = self.task_mut(id, &[TaskState::Running])?;
+        if t.running.is_some() {
+            return Err(refused(format_args!(
+                "task {id}: retry scheduled while its attempt runs"
+            )));
+        }
+        if due > END_OF_TIME {
+            return Err(refused(format_args!(
+                "task {id}: retry due at {due}, past the core's clock"
+            )));
+        }
+        t.retry_due = Maybe::some(due);
+        self.retries.insert((due, id));
+        self.set_state(id, TaskState::Retrying);
+        Ok(())
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn apply_requeued(&mut self, id: TaskId) -> Result<(), String> {
+        let t = self.task_mut(id, &[TaskState::Running, TaskState::Retrying])?;
+        if t.running.is_some() {
+            return Err(refused(format_args!(
+                "task {id}: requeued while its attempt runs"
+            )));
+        }
+        if let Some(due) = t.retry_due.take() {
+            self.retries.remove(&(due, id));
+        }
+        self.set_state(id, TaskState::Queued);
+        self.enqueue(id);
         Ok(())
     }
 
@@ -2355,26 +2422,48 @@ fn task_in<'a>(
     id: TaskId,
     allowed: &[TaskState],
 ) -> Result<&'a mut Task, String> {
-    let t = idx_checked(id)
-        .and_then(|i| tasks.get_mut(i))
-        .ok_or_else(|| format!("task {id} does not exist"))?;
+    let Some(t) = idx_checked(id).and_then(|i| tasks.get_mut(i)) else {
+        return Err(no_such_task(id));
+    };
     if !allowed.contains(&t.state) {
-        return Err(format!(
-            "task {id} is {}, expected one of {allowed:?}",
-            t.state
-        ));
+        return Err(not_in_states(id, t.state, allowed));
     }
     Ok(t)
+}
+
+// The messages of events `apply` refuses are built out of line: they are never needed in a
+// healthy run, and their formatting code, inlined at every check, made the code every event
+// runs longer.
+#[cold]
+#[inline(never)]
+fn refused(message: std::fmt::Arguments) -> String {
+    message.to_string()
+}
+
+#[cold]
+#[inline(never)]
+fn no_such_task(id: TaskId) -> String {
+    format!("task {id} does not exist")
+}
+
+#[cold]
+#[inline(never)]
+fn not_in_states(id: TaskId, state: TaskState, allowed: &[TaskState]) -> String {
+    format!("task {id} is {state}, expected one of {allowed:?}")
 }
 
 fn check_attempt(id: TaskId, current: u32, reported: u32) -> Result<(), String> {
     if current == reported {
         Ok(())
     } else {
-        Err(format!(
-            "task {id}: event for attempt {reported}, current is {current}"
-        ))
+        Err(wrong_attempt(id, current, reported))
     }
+}
+
+#[cold]
+#[inline(never)]
+fn wrong_attempt(id: TaskId, current: u32, reported: u32) -> String {
+    format!("task {id}: event for attempt {reported}, current is {current}")
 }
 
 fn validate_backoff(b: &Backoff) -> Result<(), String> {
