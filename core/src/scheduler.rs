@@ -2423,10 +2423,13 @@ fn task_in<'a>(
     allowed: &[TaskState],
 ) -> Result<&'a mut Task, String> {
     let Some(t) = idx_checked(id).and_then(|i| tasks.get_mut(i)) else {
-        return Err(no_such_task(id));
+        return Err(refused(format_args!("task {id} does not exist")));
     };
     if !allowed.contains(&t.state) {
-        return Err(not_in_states(id, t.state, allowed));
+        return Err(refused(format_args!(
+            "task {id} is {}, expected one of {allowed:?}",
+            t.state
+        )));
     }
     Ok(t)
 }
@@ -2440,30 +2443,14 @@ fn refused(message: std::fmt::Arguments) -> String {
     message.to_string()
 }
 
-#[cold]
-#[inline(never)]
-fn no_such_task(id: TaskId) -> String {
-    format!("task {id} does not exist")
-}
-
-#[cold]
-#[inline(never)]
-fn not_in_states(id: TaskId, state: TaskState, allowed: &[TaskState]) -> String {
-    format!("task {id} is {state}, expected one of {allowed:?}")
-}
-
 fn check_attempt(id: TaskId, current: u32, reported: u32) -> Result<(), String> {
     if current == reported {
         Ok(())
     } else {
-        Err(wrong_attempt(id, current, reported))
+        Err(refused(format_args!(
+            "task {id}: event for attempt {reported}, current is {current}"
+        )))
     }
-}
-
-#[cold]
-#[inline(never)]
-fn wrong_attempt(id: TaskId, current: u32, reported: u32) -> String {
-    format!("task {id}: event for attempt {reported}, current is {current}")
 }
 
 fn validate_backoff(b: &Backoff) -> Result<(), String> {
