@@ -30,6 +30,7 @@ pub mod policy;
 mod queue;
 mod scheduler;
 pub mod spec;
+mod task_table;
 mod types;
 
 pub use ageing::Ageing;

@@ -24,6 +24,7 @@ use crate::lane_index::LaneIndex;
 use crate::policy::{BuiltInPolicy, Policy};
 use crate::queue::{order_bits, GroupIdx, Lane, LaneIdx, LaneKey, PoolIdx};
 use crate::spec::{Backoff, DepRef, GroupConfig, TaskSpec, TimeoutMode};
+use crate::task_table::TaskTable;
 use crate::types::*;
 use crate::{Millis, TaskId};
 
@@ -455,7 +456,7 @@ pub(crate) fn attempt_effect(
 pub struct Core {
     pub(crate) config: CoreConfig,
     pub(crate) policy: BuiltInPolicy,
-    pub(crate) tasks: Vec<Task>,
+    pub(crate) tasks: TaskTable,
     pub(crate) attempts: Attempts,
     pub(crate) ageings: Shared<Ageing, AgeingClassKey>,
     /// Answers of the ageing functions' inverse, for the lanes' level timers.
@@ -516,7 +517,7 @@ impl Core {
         Core {
             config,
             policy,
-            tasks: Vec::new(),
+            tasks: TaskTable::default(),
             attempts: Attempts::default(),
             ageings: Shared::default(),
             level_waits: WaitMemo::default(),
@@ -614,9 +615,9 @@ impl Core {
         }
     }
 
-    /// Makes room for `additional` more tasks, for drivers that know how many will come:
-    /// growing the task table by doubling copies it, which for large runs costs more than
-    /// the tasks themselves.
+    /// Makes room for `additional` more tasks, for drivers that know how many will come.
+    /// The task table grows by chunks and never copies its records, so this only sizes its
+    /// directory of chunks.
     pub fn reserve_tasks(&mut self, additional: usize) {
         self.tasks.reserve(additional);
     }
@@ -2418,7 +2419,7 @@ impl Core {
 /// Task `id` of `tasks`, if it is in one of the `allowed` states. Borrows only the task
 /// table, so that the caller can still reach the rest of the core.
 fn task_in<'a>(
-    tasks: &'a mut [Task],
+    tasks: &'a mut TaskTable,
     id: TaskId,
     allowed: &[TaskState],
 ) -> Result<&'a mut Task, String> {
