@@ -27,6 +27,7 @@
 use std::collections::VecDeque;
 
 use crate::ageing::{Ageing, WaitMemo};
+use crate::scheduler::Maybe;
 use crate::{Millis, TaskId};
 
 pub(crate) type PoolIdx = u32;
@@ -237,7 +238,11 @@ pub(crate) struct Lane {
     /// its key while it is in.
     pub slot: u32,
     /// When the lane's level next changes, if it sits in the index and ages.
-    pub level_timer: Option<Millis>,
+    pub level_timer: Maybe,
+    /// The time of this lane's entry in the core's heap of level timers, if it has one: never
+    /// later than `level_timer`. A timer that moves later keeps its entry, which then fires
+    /// early and is put back at the timer's time (see `Core::advance`).
+    pub timer_entry: Maybe,
     /// When the lane was last re-keyed: while that is now, its key's head is its head.
     pub keyed_at: Millis,
     /// Touched since it was last re-keyed.
@@ -319,7 +324,8 @@ impl Lane {
             crowded: 0,
             queued: 0,
             running: 0,
-            level_timer: None,
+            level_timer: Maybe::NONE,
+            timer_entry: Maybe::NONE,
             keyed_at: 0,
             dirty: false,
             tags: [0; TAGGED_BUCKETS],

@@ -491,8 +491,12 @@ pub struct Core {
     pub(crate) deadlines: BinaryHeap<Reverse<DeadlineEntry>>,
     pub(crate) retries: BTreeSet<(Millis, TaskId)>,
     /// When lanes' levels change, earliest first. A lane's timer moves on nearly every
-    /// change to the lane, so a moved timer's old entry is left behind rather than searched
-    /// for: an entry counts only while it equals its lane's `level_timer`.
+    /// change to the lane, mostly later (its head was served, a younger task leads). Such a
+    /// move leaves the lane's entry where it is; when that entry comes due it is put back at
+    /// the lane's timer of then. Only a timer that moves earlier pushes an entry, and leaves
+    /// its old one behind: an entry counts only while it equals its lane's `timer_entry`.
+    /// (Pushing every moved timer, and dropping the entries left behind as they came up, cost
+    /// two heap operations a lifecycle in the core bench.)
     level_timers: BinaryHeap<Reverse<(Millis, LaneIdx)>>,
     /// Lanes whose key may be stale (see `mark_dirty`).
     dirty_lanes: Vec<LaneIdx>,
@@ -1108,11 +1112,22 @@ impl Core {
                 break;
             }
             self.level_timers.pop();
-            if self.lanes[lane as usize].level_timer != Some(t) {
+            let l = &mut self.lanes[lane as usize];
+            if l.timer_entry != Maybe::some(t) {
                 continue;
             }
-            self.lanes[lane as usize].level_timer = None;
-            self.refresh_lane(lane);
+            l.timer_entry = Maybe::NONE;
+            match l.level_timer.get() {
+                Some(due) if due <= t => {
+                    l.level_timer = Maybe::NONE;
+                    self.refresh_lane(lane);
+                }
+                Some(due) => {
+                    l.timer_entry = Maybe::some(due);
+                    self.level_timers.push(Reverse((due, lane)));
+                }
+                None => {}
+            }
         }
     }
 
@@ -2247,7 +2262,6 @@ impl Core {
         let lane = &mut self.lanes[lane_idx as usize];
         let pool = lane.pool as usize;
         let old_key = self.pools[pool].index.key(lane.slot);
-        let old_timer = lane.level_timer.take();
         let group = &self.groups[lane.group as usize];
         let under_cap = group.running < group.config.cap
             || self.config.injected_bug == Some(InjectedBug::IgnoreGroupCaps);
@@ -2280,14 +2294,15 @@ impl Core {
                 );
             }
         }
-        lane.level_timer = new_timer;
+        lane.level_timer = new_timer.map_or(Maybe::NONE, Maybe::some);
         // Many refreshes leave the key as it was (a task joined the back of a bucket): the
         // index is then not touched at all.
         if old_key != new_key {
             self.pools[pool].index.set(lane.slot, new_key);
         }
-        if old_timer != new_timer {
-            if let Some(t) = new_timer {
+        if let Some(t) = new_timer {
+            if lane.timer_entry.get().is_none_or(|entry| t < entry) {
+                lane.timer_entry = Maybe::some(t);
                 self.level_timers.push(Reverse((t, lane_idx)));
                 if self.level_timers.len() > 2 * self.lanes.len() + 1024 {
                     self.drop_stale_level_timers();
@@ -2300,7 +2315,7 @@ impl Core {
     fn drop_stale_level_timers(&mut self) {
         let lanes = &self.lanes;
         self.level_timers
-            .retain(|&Reverse((t, lane))| lanes[lane as usize].level_timer == Some(t));
+            .retain(|&Reverse((t, lane))| lanes[lane as usize].timer_entry == Maybe::some(t));
     }
 
     fn intern_pool(&mut self, name: &str) -> PoolIdx {

@@ -82,6 +82,52 @@ fn an_aged_low_priority_task_overtakes_newer_high_priority_work() {
     assert_clean(&core);
 }
 
+/// Group "a" ages two tasks, from 0 s and from 30 s, while a blocker holds the only slot.
+/// The first is cancelled at 30 s, so the group's next level change moves from 60 s (the
+/// first task's) to 90 s (the second's). Group "b" waits at level 1 from 50 s, when the
+/// blocker ends. Returns the core, its slot free.
+fn lane_whose_level_timer_moved_later() -> (Core, TaskId, TaskId) {
+    let mut core = core_with_slots(1);
+    let ageing = Ageing::Linear {
+        per_minute: 1.0,
+        cap: 10.0,
+    };
+    let blocker = TaskSpec::new("k")
+        .group("c")
+        .priority(9)
+        .max_runtime_ms(HOUR);
+    submit(&mut core, 0, blocker);
+    let aged = TaskSpec::new("k").group("a").ageing(ageing);
+    let first = submit(&mut core, 0, aged.clone());
+    let running = core.next_assignment(0, DEFAULT_POOL).unwrap();
+    let second = submit(&mut core, 30_000, aged);
+    core.cancel(30_000, first, "not needed").unwrap();
+    let level_one = submit(&mut core, 50_000, TaskSpec::new("k").group("b").priority(1));
+    // The slot is taken: this only brings the lanes' keys and timers up to date.
+    assert!(core.next_assignment(50_000, DEFAULT_POOL).is_none());
+    succeed(&mut core, 50_000, &running);
+    (core, second, level_one)
+}
+
+#[test]
+fn a_lane_rises_when_its_moved_level_timer_says_not_when_the_old_one_did() {
+    // At 85 s the second task has aged 55 s: still level 0, below group b.
+    let (mut core, _, level_one) = lane_whose_level_timer_moved_later();
+    assert_eq!(
+        core.next_assignment(85_000, DEFAULT_POOL).unwrap().id,
+        level_one
+    );
+    assert_clean(&core);
+    // At 95 s it has reached level 1, and being older than b's task, it goes first. Nothing
+    // but its level timer re-keys group a in between.
+    let (mut core, second, _) = lane_whose_level_timer_moved_later();
+    assert_eq!(
+        core.next_assignment(95_000, DEFAULT_POOL).unwrap().id,
+        second
+    );
+    assert_clean(&core);
+}
+
 #[test]
 fn strict_priority_baseline_lets_the_low_task_starve() {
     let mut core = Core::new(CoreConfig {
