@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::queue::GroupIdx;
 use crate::scheduler::{idx, Core};
 use crate::types::TaskState;
-use crate::TaskId;
+use crate::{Millis, TaskId};
 
 /// A broken invariant: its number in DESIGN.md and what was seen.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,6 +243,25 @@ impl Core {
                 None,
                 format!("pool {}'s lane index has {problem}", pool.name),
             );
+        }
+        // A lane's level rises only when its level timer comes up: a lane with a timer must
+        // have an entry in the heap, no later than the timer, and be the one it counts.
+        let timer_entries: std::collections::BTreeSet<(Millis, u32)> =
+            self.level_timer_entries().collect();
+        for (l, lane) in self.lanes.iter().enumerate() {
+            let Some(due) = lane.level_timer.get() else {
+                continue;
+            };
+            let entry = lane.timer_entry.get();
+            if !entry.is_some_and(|at| at <= due && timer_entries.contains(&(at, l as u32))) {
+                v(
+                    1,
+                    None,
+                    format!(
+                        "lane {l}'s level timer at {due} has no heap entry by then ({entry:?})"
+                    ),
+                );
+            }
         }
         for (l, lane) in self.lanes.iter().enumerate() {
             if self.pools[lane.pool as usize].index.lane(lane.slot) != Some(l as u32) {

@@ -2311,6 +2311,11 @@ impl Core {
         }
     }
 
+    /// The entries of the level-timer heap, counted or not, in no particular order.
+    pub(crate) fn level_timer_entries(&self) -> impl Iterator<Item = (Millis, LaneIdx)> + '_ {
+        self.level_timers.iter().map(|&Reverse(entry)| entry)
+    }
+
     /// Keeps the left-behind entries of `level_timers` from outnumbering the live ones.
     fn drop_stale_level_timers(&mut self) {
         let lanes = &self.lanes;
