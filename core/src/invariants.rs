@@ -244,6 +244,30 @@ impl Core {
                 format!("pool {}'s lane index has {problem}", pool.name),
             );
         }
+        // A submit takes its lane from the name table when the task is for the group's first
+        // pool: that must be the group's first lane.
+        for (g, group) in self.groups.iter().enumerate() {
+            let named = self.group_ids.get(group.name.as_str());
+            let consistent = named.is_some_and(|r| {
+                r.group == g as GroupIdx
+                    && match group.lanes.first() {
+                        None => r.first_pool == u32::MAX,
+                        Some(&l) => {
+                            r.first_lane == l && self.lanes[l as usize].pool == r.first_pool
+                        }
+                    }
+            });
+            if !consistent {
+                v(
+                    1,
+                    None,
+                    format!(
+                        "group {}'s entry in the name table is off: {named:?}",
+                        group.name
+                    ),
+                );
+            }
+        }
         // A lane's level rises only when its level timer comes up: a lane with a timer must
         // have an entry in the heap, no later than the timer, and be the one it counts.
         let timer_entries: std::collections::BTreeSet<(Millis, u32)> =
