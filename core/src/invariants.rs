@@ -268,6 +268,14 @@ impl Core {
                 );
             }
         }
+        // Only a hint, but one that would silently stop working if a lane's heads moved
+        // without it.
+        for (l, lane) in self.lanes.iter().enumerate() {
+            let (hint, actual) = (self.lane_heads[l], lane.heads_span());
+            if (hint.addr, hint.bytes) != (actual.addr, actual.bytes) {
+                v(1, None, format!("lane {l}'s heads hint is stale"));
+            }
+        }
         // A lane's level rises only when its level timer comes up: a lane with a timer must
         // have an entry in the heap, no later than the timer, and be the one it counts.
         let timer_entries: std::collections::BTreeSet<(Millis, u32)> =

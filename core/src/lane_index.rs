@@ -91,6 +91,11 @@ impl LaneIndex {
             .filter(|k| *k != ABSENT)
     }
 
+    /// The least key: that of the lane served first.
+    pub fn first_key(&self) -> Option<LaneKey> {
+        (self.len > 0).then(|| self.keys[self.winners[1] as usize])
+    }
+
     /// The lane with the least key: the one served first.
     pub fn first(&self) -> Option<LaneIdx> {
         (self.len > 0).then(|| self.lanes[self.winners[1] as usize])

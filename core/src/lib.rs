@@ -27,6 +27,7 @@ mod invariants;
 pub mod journal;
 mod lane_index;
 pub mod policy;
+mod prefetch;
 mod queue;
 mod scheduler;
 pub mod spec;

@@ -268,6 +268,13 @@ fn bucket_tag(ageing: u32, priority: i32) -> u8 {
 const _: () =
     assert!(std::mem::size_of::<Lane>() == 128 && std::mem::size_of::<BucketHead>() == 32);
 
+/// See [`Lane::heads_span`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeadsSpan {
+    pub addr: usize,
+    pub bytes: usize,
+}
+
 /// The best task of a lane at some time.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Head {
@@ -329,6 +336,15 @@ impl Lane {
             keyed_at: 0,
             dirty: false,
             tags: [0; TAGGED_BUCKETS],
+        }
+    }
+
+    /// Where this lane's bucket heads are in memory, and how many bytes they take: for
+    /// [`crate::prefetch`] only, never read through.
+    pub fn heads_span(&self) -> HeadsSpan {
+        HeadsSpan {
+            addr: self.heads.as_ptr() as usize,
+            bytes: std::mem::size_of_val(&*self.heads),
         }
     }
 

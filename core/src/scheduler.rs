@@ -22,7 +22,8 @@ use crate::ageing::{Ageing, AgeingClassKey, WaitMemo};
 use crate::journal::{AttemptOutcome, Event, EventKind, InterruptReason};
 use crate::lane_index::LaneIndex;
 use crate::policy::{BuiltInPolicy, Policy};
-use crate::queue::{order_bits, GroupIdx, Lane, LaneIdx, LaneKey, PoolIdx};
+use crate::prefetch::{prefetch, prefetch_bytes};
+use crate::queue::{order_bits, GroupIdx, HeadsSpan, Lane, LaneIdx, LaneKey, PoolIdx};
 use crate::spec::{Backoff, DepRef, GroupConfig, TaskSpec, TimeoutMode};
 use crate::task_table::TaskTable;
 use crate::types::*;
@@ -317,6 +318,9 @@ pub(crate) struct GroupRef {
     pub first_lane: LaneIdx,
 }
 
+/// How many bytes of a lane's bucket heads a submit asks for ahead (eight lines: 16 buckets).
+const HEADS_PREFETCHED: usize = 512;
+
 /// How many lanes a group keeps inline; a group in more pools finds its lanes in
 /// `Core::lane_ids`.
 const GROUP_LANES_INLINE: usize = 4;
@@ -486,6 +490,9 @@ pub struct Core {
     pub(crate) groups: Vec<Group>,
     pub(crate) group_ids: HashMap<CompactString, GroupRef>,
     pub(crate) lanes: Vec<Lane>,
+    /// Per lane, where its bucket heads are, kept apart from the lane so that a submit can
+    /// ask for them without waiting for the lane's own line (see `crate::prefetch`).
+    pub(crate) lane_heads: Vec<HeadsSpan>,
     /// Every lane by pool and group; asked only for groups with more lanes than they keep
     /// inline.
     lane_ids: HashMap<(PoolIdx, GroupIdx), LaneIdx>,
@@ -549,6 +556,7 @@ impl Core {
             group_ids: HashMap::default(),
             lanes: Vec::new(),
             lane_ids: HashMap::default(),
+            lane_heads: Vec::new(),
             kinds: Vec::new(),
             kind_numbers: HashMap::default(),
             dedup: HashMap::default(),
@@ -821,6 +829,13 @@ impl Core {
         let p = pool.0;
         self.pools.get(p as usize)?;
         self.flush_lanes();
+        // The task the pool's first lane names is most often the one assigned: its record
+        // is asked for while the lane's share is checked.
+        if let Some(key) = self.pools[p as usize].index.first_key() {
+            if let Some(task) = self.tasks.get(idx(key.head_id)) {
+                prefetch(task);
+            }
+        }
         let pool_ref = &self.pools[p as usize];
         if pool_ref.running >= pool_ref.slots
             && self.config.injected_bug != Some(InjectedBug::IgnorePoolSlots)
@@ -1875,6 +1890,13 @@ impl Core {
         } else {
             self.intern_lane(pool, group)
         };
+        // What queuing the task reads next (its lane, its group, the lane's bucket heads),
+        // asked for together now rather than found one through the other; the heads only up
+        // to a few lines, which is all a lane of ordinary size has.
+        prefetch(&self.lanes[lane as usize]);
+        prefetch(&self.groups[group as usize]);
+        let heads = self.lane_heads[lane as usize];
+        prefetch_bytes(heads.addr, heads.bytes.min(HEADS_PREFETCHED));
         let kind = self.intern_kind(&spec.kind);
         let ageing = self.policy.ageing_for(spec.ageing);
         let ageing = self.ageings.number(ageing, ageing.class_key());
@@ -2204,6 +2226,8 @@ impl Core {
             self.ageings.values(),
         );
         let (g, p) = (t.group, t.pool);
+        // The heads move only when a bucket is added, which only an insert does.
+        self.lane_heads[lane as usize] = self.lanes[lane as usize].heads_span();
         self.groups[g as usize].queued += 1;
         self.pools[p as usize].queued += 1;
         self.update_contention(lane, was);
@@ -2424,7 +2448,9 @@ impl Core {
     fn add_lane(&mut self, pool: PoolIdx, group: GroupIdx) -> LaneIdx {
         let l = self.lanes.len() as LaneIdx;
         let slot = self.pools[pool as usize].index.add_slot(l);
-        self.lanes.push(Lane::new(pool, group, slot));
+        let new_lane = Lane::new(pool, group, slot);
+        self.lane_heads.push(new_lane.heads_span());
+        self.lanes.push(new_lane);
         self.lane_ids.insert((pool, group), l);
         let g = &mut self.groups[group as usize];
         if g.lanes.is_empty() {
