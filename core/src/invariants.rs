@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::queue::GroupIdx;
+use crate::queue::{GroupIdx, LaneIdx, PoolIdx};
 use crate::scheduler::{idx, Core};
 use crate::types::TaskState;
 use crate::{Millis, TaskId};
@@ -251,7 +251,7 @@ impl Core {
             let consistent = named.is_some_and(|r| {
                 r.group == g as GroupIdx
                     && match group.lanes.first() {
-                        None => r.first_pool == u32::MAX,
+                        None => r.first_pool == PoolIdx::MAX,
                         Some(&l) => {
                             r.first_lane == l && self.lanes[l as usize].pool == r.first_pool
                         }
@@ -271,21 +271,20 @@ impl Core {
         // Only a hint, but one that would silently stop working if a lane's heads moved
         // without it.
         for (l, lane) in self.lanes.iter().enumerate() {
-            let (hint, actual) = (self.lane_heads[l], lane.heads_span());
-            if (hint.addr, hint.bytes) != (actual.addr, actual.bytes) {
+            if self.lane_heads[l] != lane.heads_span() {
                 v(1, None, format!("lane {l}'s heads hint is stale"));
             }
         }
         // A lane's level rises only when its level timer comes up: a lane with a timer must
         // have an entry in the heap, no later than the timer, and be the one it counts.
-        let timer_entries: std::collections::BTreeSet<(Millis, u32)> =
+        let timer_entries: std::collections::BTreeSet<(Millis, LaneIdx)> =
             self.level_timer_entries().collect();
         for (l, lane) in self.lanes.iter().enumerate() {
             let Some(due) = lane.level_timer.get() else {
                 continue;
             };
             let entry = lane.timer_entry.get();
-            if !entry.is_some_and(|at| at <= due && timer_entries.contains(&(at, l as u32))) {
+            if !entry.is_some_and(|at| at <= due && timer_entries.contains(&(at, l as LaneIdx))) {
                 v(
                     1,
                     None,

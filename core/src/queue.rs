@@ -269,7 +269,7 @@ const _: () =
     assert!(std::mem::size_of::<Lane>() == 128 && std::mem::size_of::<BucketHead>() == 32);
 
 /// See [`Lane::heads_span`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct HeadsSpan {
     pub addr: usize,
     pub bytes: usize,
