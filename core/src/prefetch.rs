@@ -5,7 +5,7 @@
 //! cache misses, and each was found through the one before it (the group's name gives the
 //! lane, the lane gives its heads). As soon as the core knows where the next ones are, it asks
 //! for them all at once, and the misses overlap instead of following each other: in the core
-//! bench, ~15% of a lifecycle at 100k queued.
+//! bench, ~12% of a lifecycle at 100k queued.
 //!
 //! A hint changes nothing but timing: it cannot fault, even on an address that is not mapped,
 //! and it leaves every value and decision as it was, so the core stays deterministic. On other
