@@ -18,12 +18,13 @@ pub(crate) struct TaskTable {
     /// Every chunk but the last holds exactly [`CHUNK`] records; record `i` is in chunk
     /// `i / CHUNK`, at `i % CHUNK`.
     chunks: Vec<Vec<Task>>,
-    len: usize,
 }
 
 impl TaskTable {
     pub fn len(&self) -> usize {
-        self.len
+        self.chunks
+            .last()
+            .map_or(0, |last| (self.chunks.len() - 1) * CHUNK + last.len())
     }
 
     pub fn push(&mut self, task: Task) {
@@ -36,13 +37,13 @@ impl TaskTable {
             }
             None => self.chunks.push(vec![task]),
         }
-        self.len += 1;
     }
 
     /// Makes room in the chunk directory for `additional` more records. The chunks
     /// themselves come as they fill: reserving them ahead would only move their page faults.
     pub fn reserve(&mut self, additional: usize) {
-        self.chunks.reserve((self.len + additional).div_ceil(CHUNK));
+        self.chunks
+            .reserve((self.len() + additional).div_ceil(CHUNK));
     }
 
     pub fn get(&self, i: usize) -> Option<&Task> {
