@@ -1772,7 +1772,7 @@ impl Core {
     #[cold]
     #[inline(never)]
     fn apply_group_configured(&mut self, group: &str, config: &GroupConfig) {
-        let g = self.intern_group(group);
+        let g = self.intern_group_ref(group).group;
         let old_weight = u64::from(self.groups[g as usize].config.weight);
         self.groups[g as usize].config = *config;
         for lane in self.groups[g as usize].lanes.clone() {
@@ -2389,10 +2389,6 @@ impl Core {
             over_slots_assignment: false,
         });
         p
-    }
-
-    fn intern_group(&mut self, name: &str) -> GroupIdx {
-        self.intern_group_ref(name).group
     }
 
     fn intern_group_ref(&mut self, name: &str) -> GroupRef {
