@@ -194,6 +194,57 @@ fn an_idle_group_cannot_bank_credit() {
 }
 
 #[test]
+fn a_group_back_from_idle_starts_level_with_the_others_not_at_its_own_old_usage() {
+    let mut core = core_with_slots(1);
+    // "early" runs a minute and goes idle; "a" and "b" stay active throughout and run two
+    // minutes each. Nobody else becomes active meanwhile, so "early" still has the usage
+    // entry it was filed under when it comes back.
+    let mut now = 0;
+    let early = submit(
+        &mut core,
+        now,
+        TaskSpec::new("k").group("early").max_runtime_ms(HOUR),
+    );
+    for _ in 0..3 {
+        submit(
+            &mut core,
+            now,
+            TaskSpec::new("k").group("a").max_runtime_ms(HOUR),
+        );
+        submit(
+            &mut core,
+            now,
+            TaskSpec::new("k").group("b").max_runtime_ms(HOUR),
+        );
+    }
+    let first = core.next_assignment(now, DEFAULT_POOL).unwrap();
+    assert_eq!(first.id, early);
+    now += 60_000;
+    succeed(&mut core, now, &first);
+    for _ in 0..4 {
+        let w = core.next_assignment(now, DEFAULT_POOL).unwrap();
+        now += 60_000;
+        succeed(&mut core, now, &w);
+    }
+    submit(
+        &mut core,
+        now,
+        TaskSpec::new("k").group("early").max_runtime_ms(HOUR),
+    );
+    let groups = core.groups(now);
+    let usage = |name: &str| groups.iter().find(|g| g.name == name).unwrap().usage_ms;
+    assert!(
+        (usage("early") - usage("a").min(usage("b"))).abs() < 1e-6,
+        "early {} a {} b {}",
+        usage("early"),
+        usage("a"),
+        usage("b")
+    );
+    dispatch_all(&mut core, now);
+    assert_clean(&core);
+}
+
+#[test]
 fn a_group_never_runs_more_than_its_cap() {
     let mut core = core_with_slots(10);
     core.configure_group(
