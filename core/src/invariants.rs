@@ -247,7 +247,7 @@ impl Core {
         // A submit takes its lane from the name table when the task is for the group's first
         // pool: that must be the group's first lane.
         for (g, group) in self.groups.iter().enumerate() {
-            let named = self.group_ids.get(group.name.as_str());
+            let named = self.group_ids.get(&group.name, &self.groups);
             let consistent = named.is_some_and(|r| {
                 r.group == g as GroupIdx
                     && match group.lanes.first() {

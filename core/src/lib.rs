@@ -23,6 +23,7 @@
 pub mod ageing;
 mod digest;
 mod explain;
+mod group_names;
 mod invariants;
 pub mod journal;
 mod lane_index;

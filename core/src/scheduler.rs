@@ -19,6 +19,7 @@ use rand_chacha::ChaCha8Rng;
 use smallvec::SmallVec;
 
 use crate::ageing::{Ageing, AgeingClassKey, WaitMemo};
+use crate::group_names::GroupNames;
 use crate::journal::{AttemptOutcome, Event, EventKind, InterruptReason};
 use crate::lane_index::LaneIndex;
 use crate::policy::{BuiltInPolicy, Policy};
@@ -488,7 +489,7 @@ pub struct Core {
     /// the table instead of following a pointer to a name no longer in cache.
     pool_ids: HashMap<CompactString, PoolIdx>,
     pub(crate) groups: Vec<Group>,
-    pub(crate) group_ids: HashMap<CompactString, GroupRef>,
+    pub(crate) group_ids: GroupNames,
     pub(crate) lanes: Vec<Lane>,
     /// Per lane, where its bucket heads are, kept apart from the lane so that a submit can
     /// ask for them without waiting for the lane's own line (see `crate::prefetch`).
@@ -553,7 +554,7 @@ impl Core {
             pools: Vec::new(),
             pool_ids: HashMap::default(),
             groups: Vec::new(),
-            group_ids: HashMap::default(),
+            group_ids: GroupNames::default(),
             lanes: Vec::new(),
             lane_ids: HashMap::default(),
             lane_heads: Vec::new(),
@@ -1890,13 +1891,6 @@ impl Core {
         } else {
             self.intern_lane(pool, group)
         };
-        // What queuing the task reads next (its lane, its group, the lane's bucket heads),
-        // asked for together now rather than found one through the other; the heads only up
-        // to a few lines, which is all a lane of ordinary size has.
-        prefetch(&self.lanes[lane as usize]);
-        prefetch(&self.groups[group as usize]);
-        let heads = self.lane_heads[lane as usize];
-        prefetch_bytes(heads.addr, heads.bytes.min(HEADS_PREFETCHED));
         let kind = self.intern_kind(&spec.kind);
         let ageing = self.policy.ageing_for(spec.ageing);
         let ageing = self.ageings.number(ageing, ageing.class_key());
@@ -2392,8 +2386,20 @@ impl Core {
     }
 
     fn intern_group_ref(&mut self, name: &str) -> GroupRef {
-        match self.group_ids.get(name) {
-            Some(&found) => found,
+        let (groups, lanes, lane_heads) = (&self.groups, &self.lanes, &self.lane_heads);
+        // What queuing a task reads (its group's record, its lane, the lane's bucket heads;
+        // the heads only up to a few lines, all a lane of ordinary size has) is asked for
+        // together as soon as the table names them, rather than found one through the other.
+        let found = self.group_ids.find(name, groups, |candidate| {
+            prefetch(&groups[candidate.group as usize]);
+            if let Some(lane) = lanes.get(candidate.first_lane as usize) {
+                prefetch(lane);
+                let heads = lane_heads[candidate.first_lane as usize];
+                prefetch_bytes(heads.addr, heads.bytes.min(HEADS_PREFETCHED));
+            }
+        });
+        match found {
+            Some(found) => found,
             None => self.add_group(name),
         }
     }
@@ -2407,7 +2413,6 @@ impl Core {
             first_pool: PoolIdx::MAX,
             first_lane: 0,
         };
-        self.group_ids.insert(CompactString::from(name), group_ref);
         self.groups.push(Group {
             name: CompactString::from(name),
             config: self.config.default_group,
@@ -2420,6 +2425,7 @@ impl Core {
             lanes: SmallVec::new(),
             over_cap_assignment: false,
         });
+        self.group_ids.insert(group_ref, &self.groups);
         group_ref
     }
 
@@ -2448,13 +2454,13 @@ impl Core {
         self.lane_heads.push(new_lane.heads_span());
         self.lanes.push(new_lane);
         self.lane_ids.insert((pool, group), l);
-        let g = &mut self.groups[group as usize];
-        if g.lanes.is_empty() {
-            if let Some(group_ref) = self.group_ids.get_mut(g.name.as_str()) {
+        if self.groups[group as usize].lanes.is_empty() {
+            let name = &self.groups[group as usize].name;
+            if let Some(group_ref) = self.group_ids.get_mut(name, &self.groups) {
                 (group_ref.first_pool, group_ref.first_lane) = (pool, l);
             }
         }
-        g.lanes.push(l);
+        self.groups[group as usize].lanes.push(l);
         l
     }
 
