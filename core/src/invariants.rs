@@ -253,7 +253,12 @@ impl Core {
                     && match group.lanes.first() {
                         None => r.first_pool == PoolIdx::MAX,
                         Some(&l) => {
-                            r.first_lane == l && self.lanes[l as usize].pool == r.first_pool
+                            let lane = &self.lanes[l as usize];
+                            // The heads are only a hint, but one that would silently stop
+                            // working if a lane's heads moved without it.
+                            r.first_lane == l
+                                && lane.pool == r.first_pool
+                                && r.first_heads() == lane.heads_span()
                         }
                     }
             });
@@ -266,13 +271,6 @@ impl Core {
                         group.name
                     ),
                 );
-            }
-        }
-        // Only a hint, but one that would silently stop working if a lane's heads moved
-        // without it.
-        for (l, lane) in self.lanes.iter().enumerate() {
-            if self.lane_heads[l] != lane.heads_span() {
-                v(1, None, format!("lane {l}'s heads hint is stale"));
             }
         }
         // A lane's level rises only when its level timer comes up: a lane with a timer must

@@ -311,12 +311,35 @@ pub(crate) struct TaskExtra {
 /// name lookup itself, and fetches the group's and the lane's cache lines side by side; read
 /// through the group's list, the lane's line waited for the group's (~7% of a lifecycle at
 /// 100k queued, where both are mostly misses).
+///
+/// It also says where that lane's bucket heads are (a hint, for [`crate::prefetch`] only,
+/// never read through), so that a submit asks for the group's record, the lane and its heads
+/// all at once, as soon as the table names them. (Kept in a per-lane array instead, the
+/// heads' address was one more miss that the heads' own fetch waited for.)
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct GroupRef {
     pub group: GroupIdx,
     /// `PoolIdx::MAX` until the group has a lane.
     pub first_pool: PoolIdx,
     pub first_lane: LaneIdx,
+    first_heads_bytes: u32,
+    first_heads_addr: u64,
+}
+
+impl GroupRef {
+    /// Where the bucket heads of the group's first lane are, as last filed.
+    pub fn first_heads(&self) -> HeadsSpan {
+        HeadsSpan {
+            addr: self.first_heads_addr as usize,
+            bytes: self.first_heads_bytes as usize,
+        }
+    }
+
+    fn file_first_heads(&mut self, heads: HeadsSpan) {
+        self.first_heads_addr = heads.addr as u64;
+        // The heads of a lane are a few hundred bytes: no lane has four billion buckets.
+        self.first_heads_bytes = u32::try_from(heads.bytes).unwrap_or(u32::MAX);
+    }
 }
 
 /// How many bytes of a lane's bucket heads a submit asks for ahead (eight lines: 16 buckets).
@@ -491,9 +514,6 @@ pub struct Core {
     pub(crate) groups: Vec<Group>,
     pub(crate) group_ids: GroupNames,
     pub(crate) lanes: Vec<Lane>,
-    /// Per lane, where its bucket heads are, kept apart from the lane so that a submit can
-    /// ask for them without waiting for the lane's own line (see `crate::prefetch`).
-    pub(crate) lane_heads: Vec<HeadsSpan>,
     /// Every lane by pool and group; asked only for groups with more lanes than they keep
     /// inline.
     lane_ids: HashMap<(PoolIdx, GroupIdx), LaneIdx>,
@@ -557,7 +577,6 @@ impl Core {
             group_ids: GroupNames::default(),
             lanes: Vec::new(),
             lane_ids: HashMap::default(),
-            lane_heads: Vec::new(),
             kinds: Vec::new(),
             kind_numbers: HashMap::default(),
             dedup: HashMap::default(),
@@ -2208,6 +2227,7 @@ impl Core {
         let ageing = t.ageing;
         let ready = t.ready_since.unwrap_or(self.now);
         let was = self.lanes[lane as usize].contends();
+        let heads_before = self.lanes[lane as usize].heads_span();
         let fronts_moved = self.lanes[lane as usize].insert(
             ageing,
             priority,
@@ -2218,7 +2238,9 @@ impl Core {
         );
         let (g, p) = (t.group, t.pool);
         // The heads move only when a bucket is added, which only an insert does.
-        self.lane_heads[lane as usize] = self.lanes[lane as usize].heads_span();
+        if self.lanes[lane as usize].heads_span() != heads_before {
+            self.file_first_heads(lane);
+        }
         self.groups[g as usize].queued += 1;
         self.pools[p as usize].queued += 1;
         self.update_contention(lane, was);
@@ -2383,7 +2405,7 @@ impl Core {
     }
 
     fn intern_group_ref(&mut self, name: &str) -> GroupRef {
-        let (groups, lanes, lane_heads) = (&self.groups, &self.lanes, &self.lane_heads);
+        let (groups, lanes) = (&self.groups, &self.lanes);
         // What queuing a task reads (its group's record, its lane, the lane's bucket heads;
         // the heads only up to a few lines, all a lane of ordinary size has) is asked for
         // together as soon as the table names them, rather than found one through the other.
@@ -2391,9 +2413,9 @@ impl Core {
             prefetch(&groups[candidate.group as usize]);
             if let Some(lane) = lanes.get(candidate.first_lane as usize) {
                 prefetch(lane);
-                let heads = lane_heads[candidate.first_lane as usize];
-                prefetch_bytes(heads.addr, heads.bytes.min(HEADS_PREFETCHED));
             }
+            let heads = candidate.first_heads();
+            prefetch_bytes(heads.addr, heads.bytes.min(HEADS_PREFETCHED));
         });
         match found {
             Some(found) => found,
@@ -2409,6 +2431,8 @@ impl Core {
             group: g,
             first_pool: PoolIdx::MAX,
             first_lane: 0,
+            first_heads_bytes: 0,
+            first_heads_addr: 0,
         };
         self.groups.push(Group {
             name: CompactString::from(name),
@@ -2424,6 +2448,21 @@ impl Core {
         });
         self.group_ids.insert(group_ref, &self.groups);
         group_ref
+    }
+
+    /// Files where lane `lane`'s heads are now, if it is its group's first lane. Once per
+    /// bucket a lane gains: out of the code every submit runs.
+    #[cold]
+    #[inline(never)]
+    fn file_first_heads(&mut self, lane: LaneIdx) {
+        let l = &self.lanes[lane as usize];
+        let group = &self.groups[l.group as usize];
+        if group.lanes.first() == Some(&lane) {
+            let heads = l.heads_span();
+            if let Some(group_ref) = self.group_ids.get_mut(&group.name, &self.groups) {
+                group_ref.file_first_heads(heads);
+            }
+        }
     }
 
     fn intern_lane(&mut self, pool: PoolIdx, group: GroupIdx) -> LaneIdx {
@@ -2448,13 +2487,14 @@ impl Core {
         let l = self.lanes.len() as LaneIdx;
         let slot = self.pools[pool as usize].index.add_slot(l);
         let new_lane = Lane::new(pool, group, slot);
-        self.lane_heads.push(new_lane.heads_span());
         self.lanes.push(new_lane);
         self.lane_ids.insert((pool, group), l);
         if self.groups[group as usize].lanes.is_empty() {
             let name = &self.groups[group as usize].name;
+            let heads = self.lanes[l as usize].heads_span();
             if let Some(group_ref) = self.group_ids.get_mut(name, &self.groups) {
                 (group_ref.first_pool, group_ref.first_lane) = (pool, l);
+                group_ref.file_first_heads(heads);
             }
         }
         self.groups[group as usize].lanes.push(l);
