@@ -302,30 +302,35 @@ impl Core {
                 );
             }
         }
-        // The fair-share floor: every active group is filed once, never past its usage.
-        let active = self.groups.iter().filter(|g| g.active_tasks > 0).count();
-        if self.active_usage.len() != active {
-            let filed = self.active_usage.len();
-            v(
-                1,
-                None,
-                format!("{filed} groups filed by usage, {active} active"),
-            );
-        }
+        // The fair-share floor: every active group is filed, never past its usage, and the
+        // entries left behind do not pile up.
+        let filed: std::collections::BTreeSet<(u64, u32)> = self
+            .active_usage
+            .iter()
+            .map(|&std::cmp::Reverse(entry)| entry)
+            .collect();
         for (g, group) in self.groups.iter().enumerate() {
             if group.active_tasks == 0 {
                 continue;
             }
-            let filed = self
-                .active_usage
-                .contains(&(group.usage_key, g as GroupIdx));
-            if !filed || group.usage_key > crate::queue::order_bits(group.usage) {
+            let filed_right = group.usage_key.get().is_some_and(|key| {
+                filed.contains(&(key, g as u32)) && key <= crate::queue::order_bits(group.usage)
+            });
+            if !filed_right {
                 v(
                     1,
                     None,
                     format!("group {} is not filed at or below its usage", group.name),
                 );
             }
+        }
+        if self.active_usage.len() > 2 * self.groups.len() + 1024 {
+            let entries = self.active_usage.len();
+            v(
+                1,
+                None,
+                format!("{entries} usage entries for {} groups", self.groups.len()),
+            );
         }
         // 5. work-conserving: a free slot and an eligible task never coexist
         for t in self.tasks.iter().filter(|t| t.state == TaskState::Queued) {

@@ -245,6 +245,30 @@ fn a_group_back_from_idle_starts_level_with_the_others_not_at_its_own_old_usage(
 }
 
 #[test]
+fn a_group_that_keeps_coming_back_with_more_usage_leaves_a_bounded_trail() {
+    // "steady" holds a slot the whole time, its usage not yet charged, so it stays the
+    // least-served active group. "bursty" runs a task, goes idle, and comes back, 1,500
+    // times, each time with more usage: each return files it anew below "steady".
+    let mut core = core_with_slots(2);
+    let mut now = 0;
+    submit(
+        &mut core,
+        now,
+        TaskSpec::new("k").group("steady").max_runtime_ms(HOUR),
+    );
+    let long = core.next_assignment(now, DEFAULT_POOL).unwrap();
+    for _ in 0..1_500 {
+        submit(&mut core, now, TaskSpec::new("k").group("bursty"));
+        let w = core.next_assignment(now, DEFAULT_POOL).unwrap();
+        now += 10;
+        succeed(&mut core, now, &w);
+    }
+    assert_clean(&core);
+    succeed(&mut core, now, &long);
+    assert_clean(&core);
+}
+
+#[test]
 fn a_group_never_runs_more_than_its_cap() {
     let mut core = core_with_slots(10);
     core.configure_group(
