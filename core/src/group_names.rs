@@ -1,9 +1,9 @@
 //! The name table of groups: a group's name to its [`GroupRef`].
 //!
-//! Every submit looks its group up by name, and with 10,000 groups that lookup was a cache
-//! miss on the table's entry: each held the name beside the ref, 40 bytes, 655 KB for the
-//! table. Here an entry is the ref alone (12 bytes), and the name it is checked against is
-//! the one in the group's own record, which the submit reads next anyway.
+//! Every submit looks its group up by name, and with 10,000 groups that lookup is a cache
+//! miss on the table's entry. An entry used to hold the name beside the ref; here it is the
+//! ref alone (see [`GroupRef`] for what it says), and the name it is checked against is the
+//! one in the group's own record, which the submit reads next anyway.
 
 use std::hash::BuildHasher;
 
