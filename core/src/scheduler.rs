@@ -2272,7 +2272,7 @@ impl Core {
         let (g, p) = (t.group, t.pool);
         // The heads move only when a bucket is added, which only an insert does.
         if self.lanes[lane as usize].heads_span() != heads_before {
-            self.file_first_heads(lane);
+            self.refile_first_heads(lane);
         }
         self.groups[g as usize].queued += 1;
         self.pools[p as usize].queued += 1;
@@ -2487,7 +2487,7 @@ impl Core {
     /// bucket a lane gains: out of the code every submit runs.
     #[cold]
     #[inline(never)]
-    fn file_first_heads(&mut self, lane: LaneIdx) {
+    fn refile_first_heads(&mut self, lane: LaneIdx) {
         let l = &self.lanes[lane as usize];
         let group = &self.groups[l.group as usize];
         if group.lanes.first() == Some(&lane) {
