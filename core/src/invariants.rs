@@ -304,7 +304,7 @@ impl Core {
         }
         // The fair-share floor: every active group is filed, never past its usage, and the
         // entries left behind do not pile up.
-        let filed: std::collections::BTreeSet<(u64, u32)> = self
+        let filed: std::collections::BTreeSet<(u64, GroupIdx)> = self
             .active_usage
             .iter()
             .map(|&std::cmp::Reverse(entry)| entry)
@@ -314,7 +314,8 @@ impl Core {
                 continue;
             }
             let filed_right = group.usage_key.get().is_some_and(|key| {
-                filed.contains(&(key, g as u32)) && key <= crate::queue::order_bits(group.usage)
+                filed.contains(&(key, g as GroupIdx))
+                    && key <= crate::queue::order_bits(group.usage)
             });
             if !filed_right {
                 v(
@@ -324,7 +325,7 @@ impl Core {
                 );
             }
         }
-        if self.active_usage.len() > 2 * self.groups.len() + 1024 {
+        if self.active_usage.len() > self.usage_entries_bound() {
             let entries = self.active_usage.len();
             v(
                 1,

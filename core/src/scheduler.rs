@@ -2174,11 +2174,18 @@ impl Core {
     fn file_usage(&mut self, g: GroupIdx, key: u64) {
         self.groups[g as usize].usage_key = Maybe::some(key);
         self.active_usage.push(Reverse((key, g)));
-        if self.active_usage.len() > 2 * self.groups.len() + 1024 {
+        if self.active_usage.len() > self.usage_entries_bound() {
             let groups = &self.groups;
             self.active_usage
                 .retain(|&Reverse((key, g))| groups[g as usize].usage_key == Maybe::some(key));
         }
+    }
+
+    /// How many entries `active_usage` may hold before the ones left behind are dropped:
+    /// never more than twice the groups' own, and some room so that a few groups do not
+    /// compact at every step.
+    pub(crate) fn usage_entries_bound(&self) -> usize {
+        2 * self.groups.len() + 1024
     }
 
     /// The least stored usage of an active group other than `except` (the one being
