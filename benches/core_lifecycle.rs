@@ -183,7 +183,7 @@ fn median(values: &[f64]) -> f64 {
 /// A freshly built queue is not yet in its steady state: each of the bench's 10,000 lanes
 /// meets its 18 (priority, ageing) pairs one by one, and gains a bucket (two reallocations)
 /// for each, and its bucket deques grow to their working size. At 100k queued that takes
-/// about a million lifecycles, and the first 200,000 cost ~30% more than the steady state.
+/// about a million lifecycles, and the first 200,000 cost 40-60% more than the steady state.
 /// The settling runs cover that stretch and are reported apart, with the allocations per
 /// lifecycle that show it ending (in the steady state one: the submit event's spec).
 fn summary() {
@@ -218,7 +218,7 @@ fn summary() {
     for (i, queued) in SIZES.iter().enumerate() {
         let (times, allocations) = &settling[i];
         println!(
-            "summary: queued={queued:>9} settling (its first {settled_lifecycles} lifecycles, untimed below): {} ns/lifecycle by run of {LIFECYCLES_PER_RUN}, {} allocations/lifecycle",
+            "summary: queued={queued:>9} settling (its first {settled_lifecycles} lifecycles, not in the medians below): {} ns/lifecycle by run of {LIFECYCLES_PER_RUN}, {} allocations/lifecycle",
             times.iter().map(|ns| format!("{ns:.0}")).collect::<Vec<_>>().join(" "),
             allocations.iter().map(|a| format!("{a:.2}")).collect::<Vec<_>>().join(" "),
         );
