@@ -325,7 +325,7 @@ impl Core {
                 );
             }
         }
-        if self.active_usage.len() > self.usage_entries_bound() {
+        if self.active_usage.len() > crate::scheduler::lazy_heap_bound(self.groups.len()) {
             let entries = self.active_usage.len();
             v(
                 1,

@@ -342,6 +342,14 @@ impl GroupRef {
     }
 }
 
+/// How many entries a lazily filed heap (deadlines, level timers, the fair-share floor's
+/// groups) may hold before the ones left behind are dropped, for `owners` things that each
+/// have at most one counted entry: never more than twice theirs, and some room so that a few
+/// owners do not compact at every step.
+pub(crate) fn lazy_heap_bound(owners: usize) -> usize {
+    2 * owners + 1024
+}
+
 /// How many bytes of a lane's bucket heads a submit asks for ahead (eight lines: 16 buckets).
 const HEADS_PREFETCHED: usize = 512;
 
@@ -1211,7 +1219,7 @@ impl Core {
 
     fn push_deadline(&mut self, at: Millis, id: TaskId, slot: AttemptSlot) {
         self.deadlines.push(Reverse((at, id, slot.0)));
-        if self.deadlines.len() > 2 * self.attempts.len() + 1024 {
+        if self.deadlines.len() > lazy_heap_bound(self.attempts.len()) {
             let mut entries = std::mem::take(&mut self.deadlines).into_vec();
             entries.retain(|e| self.deadline_is_live(e.0));
             self.deadlines = BinaryHeap::from(entries);
@@ -2174,18 +2182,11 @@ impl Core {
     fn file_usage(&mut self, g: GroupIdx, key: u64) {
         self.groups[g as usize].usage_key = Maybe::some(key);
         self.active_usage.push(Reverse((key, g)));
-        if self.active_usage.len() > self.usage_entries_bound() {
+        if self.active_usage.len() > lazy_heap_bound(self.groups.len()) {
             let groups = &self.groups;
             self.active_usage
                 .retain(|&Reverse((key, g))| groups[g as usize].usage_key == Maybe::some(key));
         }
-    }
-
-    /// How many entries `active_usage` may hold before the ones left behind are dropped:
-    /// never more than twice the groups' own, and some room so that a few groups do not
-    /// compact at every step.
-    pub(crate) fn usage_entries_bound(&self) -> usize {
-        2 * self.groups.len() + 1024
     }
 
     /// The least stored usage of an active group other than `except` (the one being
@@ -2399,7 +2400,7 @@ impl Core {
             if lane.timer_entry.get().is_none_or(|entry| t < entry) {
                 lane.timer_entry = Maybe::some(t);
                 self.level_timers.push(Reverse((t, lane_idx)));
-                if self.level_timers.len() > 2 * self.lanes.len() + 1024 {
+                if self.level_timers.len() > lazy_heap_bound(self.lanes.len()) {
                     self.drop_stale_level_timers();
                 }
             }
