@@ -24,7 +24,7 @@ use crate::journal::{AttemptOutcome, Event, EventKind, InterruptReason};
 use crate::lane_index::LaneIndex;
 use crate::policy::{BuiltInPolicy, Policy};
 use crate::prefetch::{prefetch, prefetch_bytes};
-use crate::queue::{order_bits, GroupIdx, HeadsSpan, Lane, LaneIdx, LaneKey, PoolIdx};
+use crate::queue::{order_bits, GroupIdx, HeadsSpan, Lane, LaneIdx, LaneKey, PoolIdx, Removal};
 use crate::spec::{Backoff, DepRef, GroupConfig, TaskSpec, TimeoutMode};
 use crate::task_table::TaskTable;
 use crate::types::*;
@@ -342,6 +342,9 @@ impl GroupRef {
     }
 }
 
+/// How many buckets `Core::unsettled` holds at most: a decision settles one or two.
+const UNSETTLED_BUCKETS: usize = 64;
+
 /// How many entries a lazily filed heap (deadlines, level timers, the fair-share floor's
 /// groups) may hold before the ones left behind are dropped, for `owners` things that each
 /// have at most one counted entry: never more than twice theirs, and some room so that a few
@@ -550,6 +553,10 @@ pub struct Core {
     level_timers: BinaryHeap<Reverse<(Millis, LaneIdx)>>,
     /// Lanes whose key may be stale (see `mark_dirty`).
     dirty_lanes: Vec<LaneIdx>,
+    /// Buckets (lane, bucket) a task was taken from, whose deques' memory was asked for
+    /// then: settled at the next decision, when it has come in (see `Bucket::take_front`).
+    /// Only a hint: a bucket that moved in its lane since settles when it is next touched.
+    unsettled: Vec<(LaneIdx, u32)>,
     /// Shared by every task without a payload, to save an allocation per task.
     empty_payload: Arc<[u8]>,
     /// Active groups by stored usage, least first, for "an idle group cannot bank credit".
@@ -600,6 +607,7 @@ impl Core {
             retries: BTreeSet::new(),
             level_timers: BinaryHeap::new(),
             dirty_lanes: Vec::new(),
+            unsettled: Vec::new(),
             empty_payload: Arc::from(Vec::new()),
             active_usage: BinaryHeap::new(),
             share_base: 0,
@@ -2300,7 +2308,16 @@ impl Core {
         let (lane, priority, ageing) = (t.lane, t.priority, t.ageing);
         let ready = t.ready_since.unwrap_or(self.now);
         let was = self.lanes[lane as usize].contends();
-        if self.lanes[lane as usize].remove(ageing, priority, ready, id) {
+        let removal = self.lanes[lane as usize].remove(ageing, priority, ready, id);
+        if let Removal::RemovedUnsettled(bucket) = removal {
+            // Bounded for drivers that take tasks out without deciding (cancels, a replay).
+            if self.unsettled.len() < UNSETTLED_BUCKETS {
+                self.unsettled.push((lane, bucket));
+            } else {
+                self.lanes[lane as usize].settle(bucket);
+            }
+        }
+        if removal.was_queued() {
             let (g, p) = (t.group, t.pool);
             self.groups[g as usize].queued -= 1;
             self.pools[p as usize].queued -= 1;
@@ -2339,6 +2356,11 @@ impl Core {
 
     /// Brings every lane touched since the last decision up to date in its pool's index.
     pub(crate) fn flush_lanes(&mut self) {
+        // Their deques' memory was asked for when they were left pending, a decision ago.
+        for &(lane, bucket) in &self.unsettled {
+            self.lanes[lane as usize].settle(bucket);
+        }
+        self.unsettled.clear();
         while let Some(lane) = self.dirty_lanes.pop() {
             self.lanes[lane as usize].dirty = false;
             self.refresh_lane(lane);
