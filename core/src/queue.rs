@@ -392,6 +392,9 @@ pub(crate) struct Lane {
     pub keyed_at: Millis,
     /// Touched since it was last re-keyed.
     pub dirty: bool,
+    /// The bucket of the head found when the lane was last re-keyed ([`u8::MAX`] past the
+    /// 255th): a hint for [`Lane::prefetch_head_bucket`], never relied on.
+    pub head_bucket: u8,
     /// Per bucket (of the first [`TAGGED_BUCKETS`]), a byte of its ageing and priority
     /// ([`bucket_tag`]). Finding the bucket of a task compares these, in the lane's own lines,
     /// and reads only the heads whose byte matches: with 1M tasks queued, scanning the heads
@@ -444,6 +447,8 @@ pub(crate) struct Head {
     pub score: f64,
     pub ready_since: Millis,
     pub id: TaskId,
+    /// Its bucket in the lane.
+    pub bucket: usize,
 }
 
 /// The indexes of the buckets that may hold a task, in no particular order: the set bits of
@@ -498,6 +503,7 @@ impl Lane {
             timer_entry: Maybe::NONE,
             keyed_at: 0,
             dirty: false,
+            head_bucket: u8::MAX,
             tags: [0; TAGGED_BUCKETS],
         }
     }
@@ -659,6 +665,28 @@ impl Lane {
         }
     }
 
+    /// Asks for the line of the bucket that a task of `ageing_number` and `priority` joins, if
+    /// it will be read: with 1M tasks queued, it is out of cache, and found only through the
+    /// lane, which the core asks for as soon as it knows the task's group.
+    pub fn prefetch_bucket_for(&self, ageing_number: u32, priority: i32) {
+        if let Some(b) = self.find_bucket(ageing_number, priority) {
+            if self.heads[b].id != 0 {
+                prefetch(&self.buckets[b]);
+            }
+        }
+    }
+
+    /// Asks for the line of the bucket of the head found at the last re-key, if taking that
+    /// head will read it: the task the next decision takes is most often that one.
+    pub fn prefetch_head_bucket(&self) {
+        let b = usize::from(self.head_bucket);
+        if self.may_be_crowded(b) {
+            if let Some(bucket) = self.buckets.get(b) {
+                prefetch(bucket);
+            }
+        }
+    }
+
     /// Settles bucket `b` (see [`Bucket::take_front`]) if it is pending; any other bucket, or
     /// an index past the last, is left as it is.
     pub fn settle(&mut self, b: u32) {
@@ -696,6 +724,7 @@ impl Lane {
                     score,
                     ready_since,
                     id,
+                    bucket: b,
                 });
             }
         }

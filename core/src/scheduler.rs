@@ -872,12 +872,15 @@ impl Core {
         let p = pool.0;
         self.pools.get(p as usize)?;
         self.flush_lanes();
-        // The task the pool's first lane names is most often the one assigned: its record
-        // is asked for while the lane's share is checked.
+        // The task the pool's first lane names is most often the one assigned: its record,
+        // and the bucket it leaves, are asked for while the lane's share is checked.
         if let Some(key) = self.pools[p as usize].index.first_key() {
             if let Some(task) = self.tasks.get(idx(key.head_id)) {
                 prefetch(task);
             }
+        }
+        if let Some(lane) = self.pools[p as usize].index.first() {
+            self.lanes[lane as usize].prefetch_head_bucket();
         }
         let pool_ref = &self.pools[p as usize];
         if pool_ref.running >= pool_ref.slots
@@ -1978,6 +1981,9 @@ impl Core {
             cancel_requested: false,
         });
         self.counts.waiting += 1;
+        // The lane asked for above has had the time of the task's filing to come in; the
+        // bucket the task joins, once released, is found through it.
+        self.lanes[lane as usize].prefetch_bucket_for(ageing, spec.priority);
         Ok(())
     }
 
@@ -2388,6 +2394,7 @@ impl Core {
         lane.keyed_at = now;
         if lane.queued > 0 && under_cap {
             if let Some(head) = lane.head(now, self.ageings.values()) {
+                lane.head_bucket = u8::try_from(head.bucket).unwrap_or(u8::MAX);
                 let bonus = self
                     .policy
                     .group_bonus(group.usage_at_charge, group.config.weight);
