@@ -109,6 +109,10 @@ const NO_ENTRY: Entry = (0, 0);
 /// front (see [`Bucket::take_front`]). Never an entry: no entry has both.
 const PENDING: Entry = (Millis::MAX, TOMBSTONE);
 
+/// Set in the id of [`Bucket::last`] while that entry is not yet in `rest` (see
+/// [`Bucket::insert`]). As with [`TOMBSTONE`], no task id has it.
+const UNWRITTEN: TaskId = 1 << 62;
+
 /// An entry's key, whether it is a tombstone or not.
 fn key_of(entry: Entry) -> Entry {
     (entry.0, entry.1 & !TOMBSTONE)
@@ -126,9 +130,10 @@ fn is_tombstone(entry: Entry) -> bool {
 /// One cache line, aligned to it: the deque and copies of its two ends. With a million
 /// tasks queued, a bucket and its deque's memory are both out of cache, and a task joining
 /// the back or leaving the front read one after the other. The copies let both decide from
-/// the bucket's line alone; the deque's memory is written, or asked for ahead and read at the
-/// next decision (see [`Bucket::take_front`]), but never waited for. (The deque's loads were
-/// half of queuing's and of taking's time at 1M queued.)
+/// the bucket's line alone; the deque's memory is asked for then, and read or written at the
+/// next decision, when it has come in ([`Bucket::settle`]), or before, if something needs
+/// it. (The deque's loads were half of queuing's and of taking's time at 1M queued, and its
+/// stores held up every store after them.)
 #[derive(Debug, Clone)]
 #[repr(align(64))]
 pub(crate) struct Bucket {
@@ -141,7 +146,7 @@ pub(crate) struct Bucket {
     /// The first entry behind the front, [`NO_ENTRY`], or [`PENDING`].
     first: Entry,
     /// The last entry behind the front, or [`NO_ENTRY`]: whether a new task joins at the
-    /// back.
+    /// back. With [`UNWRITTEN`] set while it is not yet in `rest`, where it goes last.
     last: Entry,
 }
 
@@ -163,9 +168,27 @@ impl Bucket {
         self.first == PENDING
     }
 
-    /// Finishes what [`Bucket::take_front`] left: drops the old front from `rest`, and finds
-    /// the entry that now comes first.
+    fn is_unwritten(&self) -> bool {
+        self.last.1 & UNWRITTEN != 0
+    }
+
+    /// Whether [`Bucket::settle`] has anything to do.
+    fn is_unsettled(&self) -> bool {
+        self.is_pending() || self.is_unwritten()
+    }
+
+    /// `last` without [`UNWRITTEN`].
+    fn last_entry(&self) -> Entry {
+        (self.last.0, self.last.1 & !UNWRITTEN)
+    }
+
+    /// Finishes what [`Bucket::insert`] and [`Bucket::take_front`] left: writes the new back
+    /// into `rest`, drops the old front from it, and finds the entry that now comes first.
     fn settle(&mut self) {
+        if self.is_unwritten() {
+            self.last = self.last_entry();
+            self.rest.push_back(self.last);
+        }
         if self.is_pending() {
             self.rest.pop_front();
             self.trim_front();
@@ -202,14 +225,20 @@ impl Bucket {
             head.set_entry(Some(key));
             return true;
         };
-        if key > front && (self.last == NO_ENTRY || self.last < key) {
-            // The usual case: tasks become ready in time order. Settled or not, the back is
-            // the back.
-            self.rest.push_back(key);
+        if key > front && (self.last == NO_ENTRY || self.last_entry() < key) {
+            // The usual case: tasks become ready in time order. The new back is noted here
+            // and written when the bucket settles; the line it goes to (most often that of
+            // the back before it) is asked for now.
+            if self.is_unwritten() {
+                self.rest.push_back(self.last_entry());
+            }
+            if let Some(back) = self.rest.back() {
+                prefetch(back);
+            }
             if self.first == NO_ENTRY {
                 self.first = key;
             }
-            self.last = key;
+            self.last = (key.0, key.1 | UNWRITTEN);
             return true;
         }
         if key == front {
@@ -284,7 +313,7 @@ impl Bucket {
             return None;
         }
         let front = self.first;
-        if self.rest.len() == 1 {
+        if self.last == front {
             self.rest.clear();
             self.first = NO_ENTRY;
             self.last = NO_ENTRY;
@@ -301,18 +330,21 @@ impl Bucket {
         self.first != NO_ENTRY
     }
 
-    /// `rest` without the old front a pending bucket still holds.
+    /// The entries behind the front, tombstones included: `rest` without the old front a
+    /// pending bucket still holds, and with the back not yet written.
     fn entries_behind_front(&self) -> impl Iterator<Item = Entry> + '_ {
         self.rest
             .iter()
             .copied()
             .skip(usize::from(self.is_pending()))
+            .chain(self.is_unwritten().then(|| self.last_entry()))
     }
 
     /// (A pending bucket's old front is in `rest` too, but it is `head`'s entry: found either
     /// way.)
     fn contains(&self, key: Entry, head: &BucketHead) -> bool {
         head.entry() == Some(key)
+            || (self.is_unwritten() && self.last_entry() == key)
             || matches!(self.find(key), Ok(at) if !is_tombstone(self.rest[at]))
     }
 
@@ -328,14 +360,13 @@ impl Bucket {
     /// follow the front, an empty bucket holds nothing behind it, no tombstone sits where
     /// none may, and the copies of the ends are true.
     fn is_strictly_sorted(&self, head: &BucketHead) -> bool {
-        let sorted = self
-            .rest
-            .iter()
-            .zip(self.rest.iter().skip(1))
-            .all(|(&a, &b)| key_of(a) < key_of(b));
         let behind: Vec<Entry> = self.entries_behind_front().collect();
+        let sorted = behind
+            .iter()
+            .zip(behind.iter().skip(1))
+            .all(|(&a, &b)| key_of(a) < key_of(b));
         let front_is_right = if self.is_pending() {
-            // The old front, kept until settled, and something live behind it.
+            // The old front, kept until settled, and something behind it.
             self.rest.front().copied() == head.entry() && !behind.is_empty()
         } else {
             !behind.first().is_some_and(|&e| is_tombstone(e))
@@ -346,11 +377,11 @@ impl Bucket {
             (None, Some(_)) => false,
             (_, None) => !self.is_pending(),
         };
-        sorted
-            && front_is_right
-            && follows_front
-            && !behind.last().is_some_and(|&e| is_tombstone(e))
-            && self.last == behind.last().copied().unwrap_or(NO_ENTRY)
+        // Written or not, `last` is the last entry: `rest` ends just before it or with it.
+        let back_is_right = !behind.last().is_some_and(|&e| is_tombstone(e))
+            && self.last_entry() == behind.last().copied().unwrap_or(NO_ENTRY)
+            && (self.last != NO_ENTRY || self.rest.is_empty());
+        sorted && front_is_right && follows_front && back_is_right
     }
 }
 
@@ -424,6 +455,16 @@ const _: () = assert!(
 pub(crate) struct HeadsSpan {
     pub addr: usize,
     pub bytes: usize,
+}
+
+/// What [`Lane::insert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Insertion {
+    /// Whether a bucket's front changed: if not, the task joined behind a front, and the
+    /// lane's head and level timer are as they were.
+    pub fronts_moved: bool,
+    /// A bucket left to be settled ([`Lane::settle`]) once its memory is in.
+    pub unsettled: Option<u32>,
 }
 
 /// What [`Lane::remove`] did.
@@ -598,8 +639,7 @@ impl Lane {
     }
 
     /// Queues task `id` in the bucket of its `ageing` (`ageing_number` in
-    /// `Core::ageings`) and `priority`. Returns whether a bucket's front changed: if not, the
-    /// task joined behind a front, and the lane's head and level timer are as they were.
+    /// `Core::ageings`) and `priority`.
     pub fn insert(
         &mut self,
         ageing_number: u32,
@@ -608,7 +648,7 @@ impl Lane {
         ready_since: Millis,
         id: TaskId,
         ageings: &[Ageing],
-    ) -> bool {
+    ) -> Insertion {
         let b = match self.find_bucket(ageing_number, priority) {
             Some(b) => b,
             None => self.add_bucket(
@@ -622,14 +662,22 @@ impl Lane {
             self.heads[b].set_entry(Some(key));
             self.queued += 1;
             self.mark_occupancy(b);
-            return true;
+            return Insertion {
+                fronts_moved: true,
+                unsettled: None,
+            };
         }
         let front = self.heads[b].entry();
-        if self.buckets[b].insert(key, &mut self.heads[b]) {
+        let bucket = &mut self.buckets[b];
+        if bucket.insert(key, &mut self.heads[b]) {
             self.queued += 1;
         }
+        let unsettled = bucket.is_unsettled().then_some(b as u32);
         self.mark_crowding(b);
-        self.heads[b].entry() != front
+        Insertion {
+            fronts_moved: self.heads[b].entry() != front,
+            unsettled,
+        }
     }
 
     /// Takes task `id` out of the bucket of its `ageing_number` and `priority`.
@@ -654,7 +702,7 @@ impl Lane {
         if !bucket.remove(key, &mut self.heads[b]) {
             return Removal::NotQueued;
         }
-        let pending = bucket.is_pending();
+        let pending = bucket.is_unsettled();
         self.queued -= 1;
         self.mark_occupancy(b);
         self.mark_crowding(b);
@@ -1008,8 +1056,14 @@ mod tests {
                             .to_vec()
                     };
                     let seen_before = seen(&lane, &mut memo);
-                    let fronts_moved =
+                    let insertion =
                         lane.insert(ageing, priority, f64::from(priority), ready_since, id, &ageings);
+                    let fronts_moved = insertion.fronts_moved;
+                    if let Some(b) = insertion.unsettled {
+                        if id % 2 == 0 {
+                            lane.settle(b);
+                        }
+                    }
                     proptest::prop_assert_eq!(lane.queued, before + u32::from(was_new));
                     // The core skips the re-key of a lane whose fronts stayed: it must lose
                     // nothing a re-key would see.

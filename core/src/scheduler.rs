@@ -342,7 +342,7 @@ impl GroupRef {
     }
 }
 
-/// How many buckets `Core::unsettled` holds at most: a decision settles one or two.
+/// How many buckets `Core::unsettled` holds at most: a decision settles two or so.
 const UNSETTLED_BUCKETS: usize = 64;
 
 /// How many entries a lazily filed heap (deadlines, level timers, the fair-share floor's
@@ -553,8 +553,8 @@ pub struct Core {
     level_timers: BinaryHeap<Reverse<(Millis, LaneIdx)>>,
     /// Lanes whose key may be stale (see `mark_dirty`).
     dirty_lanes: Vec<LaneIdx>,
-    /// Buckets (lane, bucket) a task was taken from, whose deques' memory was asked for
-    /// then: settled at the next decision, when it has come in (see `Bucket::take_front`).
+    /// Buckets (lane, bucket) a task joined or was taken from, whose deques' memory was asked
+    /// for then: settled at the next decision, when it has come in (see `Bucket::settle`).
     /// Only a hint: a bucket that moved in its lane since settles when it is next touched.
     unsettled: Vec<(LaneIdx, u32)>,
     /// Shared by every task without a payload, to save an allocation per task.
@@ -2279,11 +2279,11 @@ impl Core {
     fn enqueue(&mut self, id: TaskId) {
         let t = &self.tasks[idx(id)];
         let (lane, priority, score) = (t.lane, t.priority, self.policy.base_score(t.priority));
-        let ageing = t.ageing;
+        let (ageing, g, p) = (t.ageing, t.group, t.pool);
         let ready = t.ready_since.unwrap_or(self.now);
         let was = self.lanes[lane as usize].contends();
         let heads_before = self.lanes[lane as usize].heads_span();
-        let fronts_moved = self.lanes[lane as usize].insert(
+        let insertion = self.lanes[lane as usize].insert(
             ageing,
             priority,
             score,
@@ -2291,7 +2291,9 @@ impl Core {
             id,
             self.ageings.values(),
         );
-        let (g, p) = (t.group, t.pool);
+        if let Some(bucket) = insertion.unsettled {
+            self.leave_unsettled(lane, bucket);
+        }
         // The heads move only when a bucket is added, which only an insert does.
         if self.lanes[lane as usize].heads_span() != heads_before {
             self.refile_first_heads(lane);
@@ -2304,7 +2306,7 @@ impl Core {
         // until a timer or a change of its fronts or its group re-keys it. (A re-key here
         // searched the lane's heads again: skipping it saved a tenth of a lifecycle's
         // instructions at 1M queued, where lanes are long.)
-        if fronts_moved {
+        if insertion.fronts_moved {
             self.mark_dirty(lane);
         }
     }
@@ -2312,19 +2314,14 @@ impl Core {
     fn dequeue(&mut self, id: TaskId) {
         let t = &self.tasks[idx(id)];
         let (lane, priority, ageing) = (t.lane, t.priority, t.ageing);
+        let (g, p) = (t.group, t.pool);
         let ready = t.ready_since.unwrap_or(self.now);
         let was = self.lanes[lane as usize].contends();
         let removal = self.lanes[lane as usize].remove(ageing, priority, ready, id);
         if let Removal::RemovedUnsettled(bucket) = removal {
-            // Bounded for drivers that take tasks out without deciding (cancels, a replay).
-            if self.unsettled.len() < UNSETTLED_BUCKETS {
-                self.unsettled.push((lane, bucket));
-            } else {
-                self.lanes[lane as usize].settle(bucket);
-            }
+            self.leave_unsettled(lane, bucket);
         }
         if removal.was_queued() {
-            let (g, p) = (t.group, t.pool);
             self.groups[g as usize].queued -= 1;
             self.pools[p as usize].queued -= 1;
         } else {
@@ -2333,6 +2330,16 @@ impl Core {
         }
         self.update_contention(lane, was);
         self.mark_dirty(lane);
+    }
+
+    /// Lists a bucket for the next decision to settle, or, past the list's bound (a driver
+    /// that queues or takes out many tasks without deciding, or a replay), settles it now.
+    fn leave_unsettled(&mut self, lane: LaneIdx, bucket: u32) {
+        if self.unsettled.len() < UNSETTLED_BUCKETS {
+            self.unsettled.push((lane, bucket));
+        } else {
+            self.lanes[lane as usize].settle(bucket);
+        }
     }
 
     /// Keeps the pool's contending weight in step with whether `lane` has work.
@@ -2362,7 +2369,7 @@ impl Core {
 
     /// Brings every lane touched since the last decision up to date in its pool's index.
     pub(crate) fn flush_lanes(&mut self) {
-        // Their deques' memory was asked for when they were left pending, a decision ago.
+        // Their deques' memory was asked for when they were left unsettled, a decision ago.
         for &(lane, bucket) in &self.unsettled {
             self.lanes[lane as usize].settle(bucket);
         }
