@@ -18,6 +18,11 @@
 //!   queuing into an empty bucket and taking a bucket's only task touch its head alone.
 //!   Buckets are kept in order of their ceiling (base score plus ageing cap), so a head
 //!   search stops at the first bucket that cannot beat the best head found.
+//! - A bucket (one cache line) keeps copies of its deque's two ends. Joining the back and
+//!   taking the front decide from those alone, ask for the deque's line, and leave the
+//!   write or the read to the next decision, which *settles* the buckets left so (or to
+//!   whatever touches them first): with 1M tasks queued, the deque's memory is out of cache,
+//!   and waiting for it was half of queuing's and of taking's time.
 //! - Each pool keeps its lanes in a winner tree ([`crate::lane_index::LaneIndex`]) ordered
 //!   by [`LaneKey`]: level (the best head's aged score, with the policy's group bonus), then
 //!   usage per weight (fair share), then the head's age. A lane's level only changes at a
