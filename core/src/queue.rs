@@ -707,11 +707,11 @@ impl Lane {
         if !bucket.remove(key, &mut self.heads[b]) {
             return Removal::NotQueued;
         }
-        let pending = bucket.is_unsettled();
+        let unsettled = bucket.is_unsettled();
         self.queued -= 1;
         self.mark_occupancy(b);
         self.mark_crowding(b);
-        if pending {
+        if unsettled {
             Removal::RemovedUnsettled(b as u32)
         } else {
             Removal::Removed
@@ -740,7 +740,7 @@ impl Lane {
         }
     }
 
-    /// Settles bucket `b` (see [`Bucket::take_front`]) if it is pending; any other bucket, or
+    /// Settles bucket `b` (see [`Bucket::settle`]) if it is unsettled; any other bucket, or
     /// an index past the last, is left as it is.
     pub fn settle(&mut self, b: u32) {
         if let Some(bucket) = self.buckets.get_mut(b as usize) {
