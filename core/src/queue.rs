@@ -190,13 +190,18 @@ impl Bucket {
     /// Finishes what [`Bucket::insert`] and [`Bucket::take_front`] left: writes the new back
     /// into `rest`, drops the old front from it, and finds the entry that now comes first.
     fn settle(&mut self) {
-        if self.is_unwritten() {
-            self.last = self.last_entry();
-            self.rest.push_back(self.last);
-        }
+        self.write_back();
         if self.is_pending() {
             self.rest.pop_front();
             self.trim_front();
+        }
+    }
+
+    /// Writes an unwritten `last` into `rest`.
+    fn write_back(&mut self) {
+        if self.is_unwritten() {
+            self.last = self.last_entry();
+            self.rest.push_back(self.last);
         }
     }
 
@@ -234,9 +239,7 @@ impl Bucket {
             // The usual case: tasks become ready in time order. The new back is noted here
             // and written when the bucket settles; the line it goes to (most often that of
             // the back before it) is asked for now.
-            if self.is_unwritten() {
-                self.rest.push_back(self.last_entry());
-            }
+            self.write_back();
             if let Some(back) = self.rest.back() {
                 prefetch(back);
             }
